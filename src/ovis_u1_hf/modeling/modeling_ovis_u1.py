@@ -1,0 +1,669 @@
+# Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
+"""Ovis-U1 understanding model: native-resolution AIMv2 encoder, visual tokenizer, visual embedding table, Qwen3."""
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
+from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import is_flash_attention_requested
+from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
+
+from .configuration_ovis_u1 import OvisU1Config, OvisU1VisionConfig
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class OvisU1VisionOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(num_patches, hidden_size)`):
+        Output of the last encoder block in the processor's patch order. The released model never applies its final
+        norm to these features.
+    visual_tokens (`torch.FloatTensor` of shape `(num_patches // hidden_stride**2, vocab_size)`):
+        Probability rows over the visual vocabulary (the indicator columns are zero).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        Input of the first block and output of every block, when `output_hidden_states=True`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    visual_tokens: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class OvisU1ModelOutputWithPast(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+        Normed output of the language model.
+    past_key_values (`Cache`, *optional*):
+        Key/value cache for fast decoding.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        Language-model hidden states (embeddings, then one entry per layer, the last one normed).
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Language-model attention weights.
+    image_hidden_states (`torch.FloatTensor` of shape `(num_visual_tokens, hidden_size)`, *optional*):
+        Visual embeddings of the images of the batch.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class OvisU1CausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
+        Next-token prediction loss, when `labels` are given.
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
+        Language-model head scores.
+    past_key_values (`Cache`, *optional*):
+        Key/value cache for fast decoding.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        Language-model hidden states.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Language-model attention weights.
+    image_hidden_states (`torch.FloatTensor`, *optional*):
+        Visual embeddings of the images of the batch.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+class OvisU1VisionEmbeddings(nn.Module):
+    """Patch embedding, RMS norm and (optionally) the learned position embedding resized to each image grid."""
+
+    def __init__(self, config: OvisU1VisionConfig):
+        super().__init__()
+        self.config = config
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.rms_norm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        if config.preserve_original_pe:
+            self.num_positions = (config.image_size // config.patch_size) ** 2
+            self.position_embedding = nn.Embedding(self.num_positions, config.hidden_size)
+
+    def interpolate_position_embedding(self, grid_thws: torch.Tensor) -> torch.Tensor:
+        """The learned embedding resized to every `(t, h, w)` grid, laid out in the processor's patch order."""
+        weight = self.position_embedding.weight.float()
+        side = int(self.num_positions**0.5)
+        stride = self.config.hidden_stride
+        embeddings = []
+        for t, h, w in grid_thws.tolist():
+            if self.config.interpolate_pe_method == "two_dim":
+                grid = weight.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+                grid = nn.functional.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+                pe = grid[0].permute(1, 2, 0).reshape(h * w, -1)
+            else:
+                pe = nn.functional.interpolate(weight.T[None], size=h * w, mode="linear", align_corners=False)
+                pe = pe[0].T
+            pe = pe.reshape(h // stride, stride, w // stride, stride, -1).permute(0, 2, 1, 3, 4)
+            embeddings.append(pe.reshape(h * w, -1).repeat(t, 1))
+        return torch.cat(embeddings)
+
+    def forward(self, pixel_values: torch.Tensor, grid_thws: torch.Tensor) -> torch.Tensor:
+        weight = self.patch_embedding.weight
+        # A stride-p convolution over p x p patches is a matmul; as one it is much faster on packed rows.
+        embeddings = nn.functional.linear(
+            pixel_values.to(weight.dtype), weight.reshape(weight.shape[0], -1), self.patch_embedding.bias
+        )
+        embeddings = self.rms_norm(embeddings)
+        if self.config.preserve_original_pe:
+            embeddings = embeddings + self.interpolate_position_embedding(grid_thws).to(embeddings.dtype)
+        return embeddings
+
+
+class OvisU1VisionRotaryEmbedding(nn.Module):
+    """2D rotary embedding: half of each head rotates with the patch row, half with the column."""
+
+    def __init__(self, config: OvisU1VisionConfig):
+        super().__init__()
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.theta = config.rope_theta
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dim = self.head_dim // 2
+        # Computed on the fly rather than stored: a non-persistent buffer would need re-initialising after meta loading.
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, dim, 2, device=position_ids.device, dtype=torch.float) / dim))
+        freqs = (position_ids[..., None].float() * inv_freq).flatten(1)  # (N, 2 * dim / 2): rows then columns
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb_vision(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    q_embed = q.float() * cos + rotate_half(q.float()) * sin
+    k_embed = k.float() * cos + rotate_half(k.float()) * sin
+    return q_embed.to(q.dtype), k_embed.to(k.dtype)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class OvisU1VisionAttention(nn.Module):
+    """Non-causal attention within the segments (whole images or windows) delimited by `cu_seqlens`."""
+
+    def __init__(self, config: OvisU1VisionConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.num_key_value_groups = 1
+        self.attention_dropout = 0.0
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        seq_length = hidden_states.shape[0]
+        query, key, value = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).unbind(1)
+        if position_embeddings is not None:
+            query, key = apply_rotary_pos_emb_vision(query, key, *position_embeddings)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        dropout = self.attention_dropout if self.training else 0.0
+        if is_flash_attention_requested(self.config):
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            attn_output, _ = attention_interface(
+                self,
+                query.transpose(0, 1)[None],
+                key.transpose(0, 1)[None],
+                value.transpose(0, 1)[None],
+                attention_mask=None,
+                scaling=self.scaling,
+                dropout=dropout,
+                cu_seq_lens_q=cu_seqlens,
+                cu_seq_lens_k=cu_seqlens,
+                max_length_q=max_seqlen,
+                max_length_k=max_seqlen,
+                is_causal=False,
+                **kwargs,
+            )
+            attn_output = attn_output[0]
+        else:
+            # Windows come in a handful of sizes: attend over all segments of one size in a single batched call.
+            attn_output = torch.empty_like(query)
+            for index in segment_indices(cu_seqlens):
+                q, k, v = (x[index].transpose(1, 2) for x in (query, key, value))  # (segments, heads, len, dim)
+                out, _ = attention_interface(
+                    self, q, k, v, attention_mask=None, scaling=self.scaling, dropout=dropout, is_causal=False
+                )
+                attn_output[index] = out.to(attn_output.dtype)
+        return self.proj(attn_output.reshape(seq_length, -1))
+
+
+def segment_indices(cu_seqlens: torch.Tensor) -> list[torch.Tensor]:
+    """Row indices of the segments of `cu_seqlens`, one `(num_segments, length)` tensor per distinct length."""
+    starts_by_length = defaultdict(list)
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            starts_by_length[end - start].append(start)
+    return [
+        torch.tensor(starts, device=cu_seqlens.device)[:, None] + torch.arange(length, device=cu_seqlens.device)
+        for length, starts in starts_by_length.items()
+    ]
+
+
+class OvisU1VisionMLP(nn.Module):
+    def __init__(self, config: OvisU1VisionConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.use_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.use_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.use_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class OvisU1VisionEncoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: OvisU1VisionConfig):
+        super().__init__()
+        self.rms_norm1 = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.attention = OvisU1VisionAttention(config)
+        self.rms_norm2 = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = OvisU1VisionMLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        hidden_states = hidden_states + self.attention(
+            self.rms_norm1(hidden_states), cu_seqlens=cu_seqlens, position_embeddings=position_embeddings, **kwargs
+        )
+        return hidden_states + self.mlp(self.rms_norm2(hidden_states))
+
+
+class OvisU1PreTrainedModel(PreTrainedModel):
+    config: OvisU1Config
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["OvisU1VisionEncoderLayer", "Qwen3DecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False  # packed vision segments depend on the data
+
+
+def hard_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """One-hot of the argmax in the forward pass, softmax gradients in the backward pass."""
+    soft = logits.softmax(dim)
+    hard = torch.zeros_like(soft).scatter_(dim, soft.argmax(dim, keepdim=True), 1.0)
+    return hard - soft.detach() + soft
+
+
+class OvisU1VisionModel(OvisU1PreTrainedModel):
+    """The visual tokenizer: the native-resolution AIMv2 encoder and its head over merged patch groups."""
+
+    config: OvisU1VisionConfig
+    main_input_name = "pixel_values"
+    _no_split_modules = ["OvisU1VisionEncoderLayer"]
+
+    def __init__(self, config: OvisU1VisionConfig):
+        super().__init__(config)
+        self.embeddings = OvisU1VisionEmbeddings(config)
+        self.rotary_emb = None if config.disable_rope else OvisU1VisionRotaryEmbedding(config)
+        self.layers = nn.ModuleList([OvisU1VisionEncoderLayer(config) for _ in range(config.num_hidden_layers)])
+        merged_size = config.hidden_size * config.hidden_stride**2
+        self.head_linear = nn.Linear(merged_size, config.vocab_size - config.num_visual_indicator_tokens, bias=False)
+        self.head_norm = nn.LayerNorm(config.vocab_size - config.num_visual_indicator_tokens)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def check_inputs(self, pixel_values: torch.Tensor, grid_thws: torch.Tensor) -> None:
+        config = self.config
+        row_size = config.num_channels * config.temporal_patch_size * config.patch_size**2
+        if pixel_values.ndim != 2 or pixel_values.shape[1] != row_size:
+            raise ValueError(
+                f"pixel_values must have shape (num_patches, {row_size}) as produced by OvisU1ImageProcessor, "
+                f"got {tuple(pixel_values.shape)}."
+            )
+        if grid_thws is None or grid_thws.ndim != 2 or grid_thws.shape[1] != 3:
+            shape = None if grid_thws is None else tuple(grid_thws.shape)
+            raise ValueError(f"grid_thws must have shape (num_images, 3), got {shape}.")
+        if (grid_thws[:, 1:] % config.hidden_stride).any() or (grid_thws <= 0).any():
+            raise ValueError(f"Every grid (t, h, w) must be positive with h and w multiples of {config.hidden_stride}.")
+        if int(grid_thws.prod(-1).sum()) != pixel_values.shape[0]:
+            raise ValueError(
+                f"grid_thws describe {int(grid_thws.prod(-1).sum())} patches but pixel_values has "
+                f"{pixel_values.shape[0]} rows."
+            )
+
+    def tokenize(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.config.tokenize_function == "softmax":
+            # In float32 as in the released model: low-precision softmax over 32k words loses the small probabilities.
+            return nn.functional.softmax(logits, dim=-1, dtype=torch.float32).to(logits.dtype)
+        if self.config.tokenize_function == "gumbel_argmax":
+            return nn.functional.gumbel_softmax(logits, tau=self.config.tau, hard=True)
+        return hard_softmax(logits)
+
+    def forward(
+        self, pixel_values: torch.Tensor, grid_thws: torch.Tensor, output_hidden_states: bool = False, **kwargs
+    ) -> OvisU1VisionOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(num_patches, num_channels * patch_size**2)`):
+            Packed patches of all images, as produced by [`OvisU1ImageProcessor`].
+        grid_thws (`torch.LongTensor` of shape `(num_images, 3)`):
+            Patch grid `(t, h, w)` of each image.
+        """
+        self.check_inputs(pixel_values, grid_thws)
+        config = self.config
+        merge_unit = config.hidden_stride**2
+        hidden_states = self.embeddings(pixel_values, grid_thws)
+        seq_length = hidden_states.shape[0]
+
+        position_embeddings = None
+        if self.rotary_emb is not None:
+            position_ids = get_vision_position_ids(grid_thws, config.hidden_stride)
+            position_embeddings = self.rotary_emb(position_ids.to(hidden_states.device))
+
+        cu_seqlens = get_vision_cu_seqlens(grid_thws).to(hidden_states.device)
+        full_attention = config.fullatt_block_indexes
+        window_index = None
+        if full_attention is not None:
+            # Windowed blocks see the tokens regrouped window by window (in units of merged patch groups).
+            window_index, cu_window_seqlens = get_vision_window_index(
+                grid_thws, config.hidden_stride, config.window_size, config.patch_size
+            )
+            window_index = window_index.to(hidden_states.device)
+            cu_window_seqlens = cu_window_seqlens.to(hidden_states.device)
+            hidden_states = permute_groups(hidden_states, window_index, merge_unit)
+            if position_embeddings is not None:
+                position_embeddings = tuple(permute_groups(x, window_index, merge_unit) for x in position_embeddings)
+            # Whole-image segments stay valid after the permutation: windows never cross images.
+
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for index, layer in enumerate(self.layers):
+            windowed = full_attention is not None and index not in full_attention
+            hidden_states = layer(
+                hidden_states,
+                cu_seqlens=cu_window_seqlens if windowed else cu_seqlens,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+
+        if window_index is not None:
+            inverse = torch.argsort(window_index)
+            hidden_states = permute_groups(hidden_states, inverse, merge_unit)
+            if output_hidden_states:
+                all_hidden_states = tuple(permute_groups(x, inverse, merge_unit) for x in all_hidden_states)
+
+        # QUIRK: the released model takes features from the last block without its final norm.
+        logits = self.head_norm(self.head_linear(hidden_states.reshape(seq_length // merge_unit, -1)))
+        visual_tokens = self.tokenize(logits)
+        visual_tokens = nn.functional.pad(visual_tokens, (0, config.num_visual_indicator_tokens))
+        return OvisU1VisionOutput(
+            last_hidden_state=hidden_states, visual_tokens=visual_tokens, hidden_states=all_hidden_states
+        )
+
+
+def permute_groups(x: torch.Tensor, index: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Reorder the rows of `x` in consecutive groups of `group_size` rows."""
+    return x.reshape(-1, group_size, *x.shape[1:])[index].reshape(x.shape)
+
+
+class OvisU1VisualEmbeddingTable(nn.Embedding):
+    """Embeds visual words; a probability row over the vocabulary embeds as the matching mix of table rows."""
+
+    def forward(self, visual_tokens: torch.Tensor) -> torch.Tensor:
+        if not visual_tokens.is_floating_point():
+            return super().forward(visual_tokens)
+        return torch.matmul(visual_tokens.to(self.weight.dtype), self.weight)
+
+
+class OvisU1Model(OvisU1PreTrainedModel):
+    """Vision tower, visual embedding table and Qwen3 language model, without the language-model head."""
+
+    def __init__(self, config: OvisU1Config):
+        super().__init__(config)
+        self.vision_tower = OvisU1VisionModel(config.vision_config)
+        self.visual_embeddings_table = OvisU1VisualEmbeddingTable(
+            config.vision_config.vocab_size, config.text_config.hidden_size
+        )
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(self, pixel_values: torch.Tensor, grid_thws: torch.Tensor) -> torch.Tensor:
+        """Visual embeddings `(num_visual_tokens, hidden_size)` of the packed images, image after image."""
+        visual_tokens = self.vision_tower(pixel_values, grid_thws).visual_tokens
+        return self.visual_embeddings_table(visual_tokens)
+
+    def indicator_rows(self) -> list[int]:
+        # QUIRK: the released model embeds its i-th indicator with row V - reserved - 1 + i, one row below the
+        # reserved block, so the opening indicator shares its row with the last visual word.
+        vision = self.config.vision_config
+        first = vision.vocab_size - vision.num_visual_indicator_tokens - 1
+        return [first + i for i in range(len(self.config.visual_indicator_token_ids))]
+
+    def merge_image_features(
+        self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor, grid_thws
+    ) -> torch.Tensor:
+        """Writes the visual embeddings at the image placeholder positions of `inputs_embeds`."""
+        mask = input_ids == self.config.image_token_id
+        image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+        if int(mask.sum()) == image_features.shape[0]:
+            return inputs_embeds.masked_scatter(mask[..., None], image_features)
+        return self.merge_truncated_image_features(input_ids, inputs_embeds, image_features, grid_thws)
+
+    def merge_truncated_image_features(self, input_ids, inputs_embeds, image_features, grid_thws) -> torch.Tensor:
+        # A sequence cut to `multimodal_max_length` keeps its last tokens, so its first image may have lost its
+        # opening indicator and leading placeholders: that run receives the image's trailing visual tokens, as in
+        # the released model. Every other run must match its image exactly.
+        sizes = (grid_thws.prod(-1) // self.config.vision_config.hidden_stride**2).tolist()
+        features = list(image_features.split(sizes))
+        mask = input_ids == self.config.image_token_id
+        opening = self.config.visual_indicator_token_ids[0]
+        inputs_embeds = inputs_embeds.clone()
+        for row in range(mask.shape[0]):
+            positions = mask[row].nonzero().flatten()
+            if positions.numel() == 0:
+                continue
+            for run in torch.tensor_split(positions, (positions.diff() != 1).nonzero().flatten() + 1):
+                if not features:
+                    raise ValueError("The input ids hold more image placeholder runs than there are images.")
+                feature = features.pop(0)
+                cut = run[0] == 0 or input_ids[row, run[0] - 1] != opening
+                if len(run) > len(feature) or (len(run) < len(feature) and not cut):
+                    raise ValueError(
+                        f"An image placeholder run has {len(run)} tokens but its image yields {len(feature)}."
+                    )
+                inputs_embeds[row, run] = feature[len(feature) - len(run) :]
+        if features:
+            raise ValueError(f"{len(features)} image(s) have no placeholder tokens in the input ids.")
+        return inputs_embeds
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        grid_thws: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> OvisU1ModelOutputWithPast:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(num_patches, num_channels * patch_size**2)`, *optional*):
+            Packed patches of all images of the batch, from [`OvisU1ImageProcessor`].
+        grid_thws (`torch.LongTensor` of shape `(num_images, 3)`, *optional*):
+            Patch grid of each image; required with `pixel_values`.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
+        if pixel_values is not None and input_ids is None:
+            raise ValueError("pixel_values need input_ids to locate the image placeholder tokens.")
+        if input_ids is not None and input_ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}.")
+
+        image_features = None
+        if input_ids is not None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+            if pixel_values is not None:
+                image_features = self.get_image_features(pixel_values, grid_thws)
+                inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features, grid_thws)
+            for token_id, row in zip(self.config.visual_indicator_token_ids, self.indicator_rows()):
+                indicator = input_ids == token_id
+                if indicator.any():
+                    embedding = self.visual_embeddings_table.weight[row].to(inputs_embeds.dtype)
+                    inputs_embeds = torch.where(indicator[..., None], embedding, inputs_embeds)
+
+        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
+            # Left-padded rows count positions from their first real token, as generation does.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return OvisU1ModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
+
+
+class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
+    """Ovis-U1 understanding model with a language-model head; also provides the image-generation condition."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: OvisU1Config):
+        super().__init__(config)
+        self.model = OvisU1Model(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def get_image_features(self, pixel_values: torch.Tensor, grid_thws: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values, grid_thws)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        grid_thws: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> OvisU1CausalLMOutputWithPast:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(num_patches, num_channels * patch_size**2)`, *optional*):
+            Packed patches of all images of the batch, from [`OvisU1ImageProcessor`].
+        grid_thws (`torch.LongTensor` of shape `(num_images, 3)`, *optional*):
+            Patch grid of each image; required with `pixel_values`.
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Targets for the next-token loss; `-100` is ignored.
+
+        Example:
+
+        ```python
+        >>> import ovis_u1_hf  # registers the classes; or pass trust_remote_code=True
+        >>> from PIL import Image
+        >>> from transformers import AutoModel, AutoProcessor
+
+        >>> model = AutoModel.from_pretrained("path/to/converted", subfolder="text_encoder")
+        >>> processor = AutoProcessor.from_pretrained("path/to/converted", subfolder="processor")
+        >>> messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]}]
+        >>> prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        >>> inputs = processor(images=[Image.open("cat.png")], text=prompt, return_tensors="pt")
+        >>> output = model.generate(**inputs, max_new_tokens=64)
+        >>> processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        ```"""
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            grid_thws=grid_thws,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+
+        return OvisU1CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+    def get_generation_condition(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        grid_thws: torch.LongTensor | None = None,
+    ) -> torch.FloatTensor:
+        """
+        The condition of the image generator: for each token, the normed output of the last language-model layer
+        concatenated with the un-normed output of the layer before it, `(batch_size, sequence_length, 2 * hidden)`.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            grid_thws=grid_thws,
+            attention_mask=attention_mask,
+            use_cache=False,
+            output_hidden_states=True,
+        )
+        return torch.cat([outputs.last_hidden_state, outputs.hidden_states[-2]], dim=-1)
+
+
+__all__ = ["OvisU1PreTrainedModel", "OvisU1VisionModel", "OvisU1Model", "OvisU1ForConditionalGeneration"]
+
+OvisU1ForConditionalGeneration.register_for_auto_class("AutoModel")
