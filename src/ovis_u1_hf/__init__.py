@@ -3,13 +3,15 @@
 Importing the package registers the understanding classes with the transformers Auto classes.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 from .modeling import (
     OvisU1Config,
     OvisU1ForConditionalGeneration,
+    OvisU1ImageProcessor,
     OvisU1Model,
     OvisU1PreTrainedModel,
+    OvisU1Processor,
     OvisU1VisionConfig,
     OvisU1VisionModel,
 )
@@ -21,13 +23,17 @@ AutoConfig.register(OvisU1Config.model_type, OvisU1Config, exist_ok=True)
 AutoConfig.register(OvisU1VisionConfig.model_type, OvisU1VisionConfig, exist_ok=True)
 AutoModel.register(OvisU1Config, OvisU1ForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(OvisU1Config, OvisU1ForConditionalGeneration, exist_ok=True)
+AutoImageProcessor.register(OvisU1Config, image_processor_classes={"pil": OvisU1ImageProcessor}, exist_ok=True)
+AutoProcessor.register(OvisU1Config, OvisU1Processor, exist_ok=True)
 
 __all__ = [
     "DEFAULT_MODEL_ID",
     "OvisU1Config",
     "OvisU1ForConditionalGeneration",
+    "OvisU1ImageProcessor",
     "OvisU1Model",
     "OvisU1PreTrainedModel",
+    "OvisU1Processor",
     "OvisU1VisionConfig",
     "OvisU1VisionModel",
 ]

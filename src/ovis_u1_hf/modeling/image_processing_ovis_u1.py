@@ -1,0 +1,380 @@
+# Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
+"""Image processor of Ovis-U1: native-resolution resizing and 2x2-grouped patches for the AIMv2 encoder."""
+
+import math
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, load_image
+from transformers.processing_utils import ImagesKwargs
+from transformers.utils import TensorType, is_torch_tensor
+
+
+MAX_ASPECT_RATIO = 200
+
+
+class OvisU1ImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    min_pixels (`int`, *optional*, defaults to `448 * 448`):
+        Smallest number of pixels of a resized image.
+    max_pixels (`int`, *optional*, defaults to `1792 * 1792`):
+        Largest number of pixels of a resized image.
+    patch_size (`int`, *optional*, defaults to 14):
+        Side of a square patch of the vision encoder.
+    hidden_stride (`int`, *optional*, defaults to 2):
+        Side of the square group of neighbouring patches merged into one visual token.
+    temporal_patch_size (`int`, *optional*, defaults to 1):
+        Frames per patch along time; a still image fills every frame.
+    """
+
+    min_pixels: int
+    max_pixels: int
+    patch_size: int
+    hidden_stride: int
+    temporal_patch_size: int
+
+
+def smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = 448 * 448, max_pixels: int = 1792 * 1792
+) -> tuple[int, int]:
+    """
+    Size `(height, width)` to resize an image to: both sides multiples of `factor`, about the same aspect ratio, and
+    (except for the extreme cases below) between `min_pixels` and `max_pixels` pixels. This is the Qwen2-VL rule with
+    the released Ovis-U1 handling of small and elongated images:
+
+    - A side shorter than `factor` is scaled up to `factor`, the other side following (rounded), so a 1x1 image
+      becomes 28x28 before the pixel limits apply (and then 448x448 with the default limits).
+    - Otherwise an aspect ratio above 200 is clamped: the long side is cut to 200 times the short side. (As in the
+      released code, the two rules exclude each other: a 10x10000 image is only scaled up, to 28x28000.)
+    - Each side is rounded to a multiple of `factor`; an area above `max_pixels` is scaled down (sides floored), an
+      area below `min_pixels` scaled up (sides ceiled), keeping the aspect ratio.
+    - Only where the released code would return a zero side (a scaled-down image thinner than `factor`, aspect ratio
+      above `max_pixels / factor**2`), that side becomes `factor` and the other the longest multiple of `factor` that
+      keeps the area within `max_pixels`.
+
+    Args:
+        height (`int`):
+            Height of the image.
+        width (`int`):
+            Width of the image.
+        factor (`int`, *optional*, defaults to 28):
+            Both returned sides are multiples of it: `patch_size * hidden_stride` for the encoder.
+        min_pixels (`int`, *optional*, defaults to `448 * 448`):
+            Smallest area of the returned size.
+        max_pixels (`int`, *optional*, defaults to `1792 * 1792`):
+            Largest area of the returned size.
+
+    Returns:
+        `tuple[int, int]`: the resized `(height, width)`.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"An image needs a positive height and width, got {height}x{width}.")
+    if height < factor or width < factor:
+        if height < width:
+            height, width = factor, round(factor / height * width)
+        else:
+            height, width = round(factor / width * height), factor
+    elif max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        if height > width:
+            height = MAX_ASPECT_RATIO * width
+        else:
+            width = MAX_ASPECT_RATIO * height
+
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+        if h_bar == 0 or w_bar == 0:
+            long_side = max(factor, max_pixels // factor // factor * factor)
+            h_bar, w_bar = (factor, long_side) if h_bar == 0 else (long_side, factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def to_pil_image(image) -> PIL.Image.Image:
+    """
+    Returns `image` as a PIL image, upright (its EXIF orientation applied).
+
+    Args:
+        image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or `str`):
+            A PIL image; a `uint8` array laid out `(height, width)` or `(height, width, channels)` (channels 1, 3 or
+            4); a `uint8` tensor laid out `(height, width)` or `(channels, height, width)` (the torchvision layout);
+            or a local path, URL or base64 string.
+    """
+    if isinstance(image, str):
+        image = load_image(image)
+    elif not isinstance(image, PIL.Image.Image):
+        image = PIL.Image.fromarray(_to_uint8_hwc(image))
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"Got an empty image of size {image.width}x{image.height}.")
+    # The released code ignores the EXIF orientation; we feed the image as it is displayed, like `load_image` does.
+    return PIL.ImageOps.exif_transpose(image)
+
+
+def _to_uint8_hwc(image) -> np.ndarray:
+    if is_torch_tensor(image):
+        kind, dtype = "tensor", str(image.dtype).removeprefix("torch.")
+    elif isinstance(image, np.ndarray):
+        kind, dtype = "array", str(image.dtype)
+    else:
+        raise TypeError(
+            f"Unsupported image type {type(image).__name__}: expected a PIL image, a numpy array, a torch tensor or a "
+            "path/URL string."
+        )
+    if dtype != "uint8":
+        raise ValueError(
+            f"Expected a uint8 image {kind} (values 0-255), got dtype {dtype}. Scale and cast it first, e.g. "
+            "`(x * 255).round()` then to uint8."
+        )
+    if image.ndim not in (2, 3):
+        raise ValueError(f"Expected one image with 2 or 3 dimensions, got a {kind} of shape {tuple(image.shape)}.")
+    if kind == "tensor":
+        if image.ndim == 3 and image.shape[0] not in (1, 3, 4):
+            raise ValueError(
+                f"Expected an image tensor laid out (channels, height, width) with 1, 3 or 4 channels, got shape "
+                f"{tuple(image.shape)}. A channels-last tensor needs `.permute(2, 0, 1)`."
+            )
+        array = image.detach().cpu().numpy()
+        array = array.transpose(1, 2, 0) if array.ndim == 3 else array
+    else:
+        if image.ndim == 3 and image.shape[-1] not in (1, 3, 4):
+            raise ValueError(
+                f"Expected an image array laid out (height, width, channels) with 1, 3 or 4 channels, got shape "
+                f"{image.shape}. A channels-first array needs `.transpose(1, 2, 0)`."
+            )
+        array = image
+    return np.ascontiguousarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
+
+
+def convert_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """
+    Converts a PIL image of any mode to RGB the way the released model does: Pillow's `convert("RGB")`, so
+    transparency is DROPPED (each pixel keeps its colour whatever its alpha), not composited onto white. The one
+    exception is 16-bit images, which Pillow would clip at 255; their full range is mapped to 8 bits instead.
+
+    Args:
+        image (`PIL.Image.Image`):
+            The image to convert.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16"):
+        image = PIL.Image.fromarray((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def fit_image(image, width: int, height: int) -> PIL.Image.Image:
+    """
+    Fits an image to exactly `width` x `height` as the released pipelines do: scale it (Pillow bicubic) by
+    `r = max(width / w, height / h)` to `(int(r * w), int(r * h))`, then crop the centre with
+    `left = round((w' - width) / 2)` and `top = round((h' - height) / 2)` (Python rounding). If truncation left the
+    scaled image a pixel short, the missing row or column is black. The EXIF orientation is applied first; the mode
+    is kept.
+
+    Args:
+        image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):
+            The image, in any layout [`to_pil_image`] takes.
+        width (`int`):
+            Width of the result.
+        height (`int`):
+            Height of the result.
+
+    Returns:
+        `PIL.Image.Image`: the fitted image, of size `(width, height)`.
+    """
+    image = to_pil_image(image)
+    scale = max(width / image.width, height / image.height)
+    image = image.resize((int(scale * image.width), int(scale * image.height)), resample=PIL.Image.Resampling.BICUBIC)
+    left = round((image.width - width) / 2)
+    top = round((image.height - height) / 2)
+    # Pillow fills a crop box reaching outside the image with zeros.
+    return image.crop((left, top, left + width, top + height))
+
+
+class OvisU1ImageProcessor(BaseImageProcessor):
+    r"""
+    Constructs an Ovis-U1 image processor. Each image is processed alone at (about) its native resolution: EXIF
+    orientation applied, converted to RGB, resized with [`smart_resize`] to multiples of `patch_size * hidden_stride`,
+    rescaled, normalized, and cut into patches. Patches are ordered so that each `hidden_stride x hidden_stride`
+    group of neighbouring patches (one visual token) is consecutive, groups in raster order. The rows of all images
+    are concatenated; `grid_thws` gives each image's `(t, grid_h, grid_w)` in patches.
+
+    Args:
+        do_convert_rgb (`bool`, *optional*, defaults to `True`):
+            Whether to convert images to RGB with [`convert_to_rgb`] (transparency dropped, as the released model
+            does). Without it, images must already have 3 channels.
+        resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BICUBIC`):
+            Pillow filter of the resize.
+        do_rescale (`bool`, *optional*, defaults to `True`):
+            Whether to multiply pixel values by `rescale_factor`.
+        rescale_factor (`float`, *optional*, defaults to `1 / 255`):
+            Scale of the rescale.
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Whether to normalize with `image_mean` and `image_std`.
+        image_mean (`list[float]`, *optional*, defaults to the OpenAI CLIP mean):
+            Per-channel mean subtracted when normalizing.
+        image_std (`list[float]`, *optional*, defaults to the OpenAI CLIP std):
+            Per-channel standard deviation divided by when normalizing.
+        min_pixels (`int`, *optional*, defaults to `448 * 448`):
+            Smallest number of pixels of a resized image.
+        max_pixels (`int`, *optional*, defaults to `1792 * 1792`):
+            Largest number of pixels of a resized image.
+        patch_size (`int`, *optional*, defaults to 14):
+            Side of a square patch of the vision encoder.
+        hidden_stride (`int`, *optional*, defaults to 2):
+            Side of the square group of neighbouring patches merged into one visual token.
+        temporal_patch_size (`int`, *optional*, defaults to 1):
+            Frames per patch along time; a still image fills every frame.
+    """
+
+    model_input_names = ["pixel_values", "grid_thws"]
+    valid_kwargs = OvisU1ImageProcessorKwargs
+
+    def __init__(
+        self,
+        do_convert_rgb: bool = True,
+        resample: PILImageResampling = PILImageResampling.BICUBIC,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        min_pixels: int = 448 * 448,
+        max_pixels: int = 1792 * 1792,
+        patch_size: int = 14,
+        hidden_stride: int = 2,
+        temporal_patch_size: int = 1,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.do_convert_rgb = do_convert_rgb
+        self.resample = resample
+        self.do_rescale = do_rescale
+        self.rescale_factor = rescale_factor
+        self.do_normalize = do_normalize
+        self.image_mean = list(image_mean if image_mean is not None else OPENAI_CLIP_MEAN)
+        self.image_std = list(image_std if image_std is not None else OPENAI_CLIP_STD)
+        self.min_pixels = min_pixels
+        self.max_pixels = max_pixels
+        self.patch_size = patch_size
+        self.hidden_stride = hidden_stride
+        self.temporal_patch_size = temporal_patch_size
+
+    def preprocess(
+        self,
+        images,
+        do_convert_rgb: bool | None = None,
+        resample: PILImageResampling | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        patch_size: int | None = None,
+        hidden_stride: int | None = None,
+        temporal_patch_size: int | None = None,
+        return_tensors: str | TensorType | None = None,
+    ) -> BatchFeature:
+        """
+        Preprocesses one image or a list of images. Every argument but `images` and `return_tensors` defaults to
+        the attribute of the same name (see the class docstring).
+
+        Args:
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str`, or a list of them):
+                The images, in any layout [`to_pil_image`] takes. A 4-dimensional array or tensor is a batch.
+            return_tensors (`str` or [`~utils.TensorType`], *optional*):
+                `"pt"` for PyTorch tensors, `"np"` or `None` for numpy arrays.
+
+        Returns:
+            [`BatchFeature`]: with
+            - **pixel_values** -- float32 `(num_patches, channels * temporal_patch_size * patch_size**2)`, the
+              patches of all images, image after image.
+            - **grid_thws** -- int64 `(num_images, 3)`: each image's `(t, grid_h, grid_w)` in patches; its rows in
+              `pixel_values` number `t * grid_h * grid_w` and it makes `t * grid_h * grid_w // hidden_stride**2`
+              visual tokens.
+        """
+        do_convert_rgb = self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb
+        resample = self.resample if resample is None else resample
+        do_rescale = self.do_rescale if do_rescale is None else do_rescale
+        rescale_factor = self.rescale_factor if rescale_factor is None else rescale_factor
+        do_normalize = self.do_normalize if do_normalize is None else do_normalize
+        image_mean = np.array(self.image_mean if image_mean is None else image_mean, dtype=np.float32)
+        image_std = np.array(self.image_std if image_std is None else image_std, dtype=np.float32)
+        min_pixels = self.min_pixels if min_pixels is None else min_pixels
+        max_pixels = self.max_pixels if max_pixels is None else max_pixels
+        patch_size = self.patch_size if patch_size is None else patch_size
+        hidden_stride = self.hidden_stride if hidden_stride is None else hidden_stride
+        temporal_patch_size = self.temporal_patch_size if temporal_patch_size is None else temporal_patch_size
+
+        if isinstance(images, (list, tuple)):
+            images = list(images)
+        elif getattr(images, "ndim", None) == 4:
+            images = list(images)
+        else:
+            images = [images]
+        if not images:
+            raise ValueError("Got no images to process.")
+
+        all_patches, grid_thws = [], []
+        for image in images:
+            image = to_pil_image(image)
+            if do_convert_rgb:
+                image = convert_to_rgb(image)
+            height, width = smart_resize(
+                image.height, image.width, patch_size * hidden_stride, min_pixels=min_pixels, max_pixels=max_pixels
+            )
+            pixels = np.asarray(image.resize((width, height), resample=resample))
+            if pixels.ndim != 3 or pixels.shape[-1] != 3:
+                raise ValueError(
+                    f"Expected a 3-channel image, got mode {image.mode}; use `do_convert_rgb=True` to convert it."
+                )
+            if do_rescale:
+                # In float64, then float32, as transformers' `rescale` (so the released preprocessing) computes it.
+                pixels = pixels.astype(np.float64) * rescale_factor
+            pixels = pixels.astype(np.float32)
+            if do_normalize:
+                pixels = (pixels - image_mean) / image_std
+            pixels = pixels.transpose(2, 0, 1)
+            patches, grid_thw = self._patchify(pixels, patch_size, hidden_stride, temporal_patch_size)
+            all_patches.append(patches)
+            grid_thws.append(grid_thw)
+
+        data = {"pixel_values": np.concatenate(all_patches), "grid_thws": np.array(grid_thws, dtype=np.int64)}
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _patchify(
+        pixels: np.ndarray, patch_size: int, hidden_stride: int, temporal_patch_size: int
+    ) -> tuple[np.ndarray, tuple[int, int, int]]:
+        channels, height, width = pixels.shape
+        grid_h, grid_w = height // patch_size, width // patch_size
+        frames = np.broadcast_to(pixels, (temporal_patch_size, channels, height, width))
+        patches = frames.reshape(
+            1,
+            temporal_patch_size,
+            channels,
+            grid_h // hidden_stride,
+            hidden_stride,
+            patch_size,
+            grid_w // hidden_stride,
+            hidden_stride,
+            patch_size,
+        )
+        # (t, gh/s, gw/s, s, s, C, tp, p, p): each s x s group of patches is consecutive, groups in raster order.
+        patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+        patches = patches.reshape(grid_h * grid_w, channels * temporal_patch_size * patch_size * patch_size)
+        return patches, (1, grid_h, grid_w)
+
+
+__all__ = ["OvisU1ImageProcessor", "convert_to_rgb", "fit_image", "smart_resize", "to_pil_image"]
+
+OvisU1ImageProcessor.register_for_auto_class("AutoImageProcessor")

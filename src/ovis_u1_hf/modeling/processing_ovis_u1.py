@@ -1,0 +1,193 @@
+# Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
+"""Processor of Ovis-U1: chat formatting, chunked tokenization with expanded image tokens, and image processing."""
+
+import numpy as np
+from transformers.image_processing_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import TensorType, logging
+
+
+logger = logging.get_logger(__name__)
+
+
+# The released Qwen3 conversation format. User turns render their images first-come as "<image>\n", numbered
+# ("Image 1: <image>\n", ...) when a message holds several. Assistant turns carry the empty think block unless
+# thinking is enabled. No default system prompt, no BOS.
+CHAT_TEMPLATE = (
+    r'{%- set think = "" if enable_thinking is defined and enable_thinking else "<think>\n\n</think>\n\n" -%}'
+    r"{%- for message in messages -%}"
+    r'{{- "<|im_start|>" + message["role"] + "\n" -}}'
+    r'{%- if message["role"] == "assistant" -%}{{- think -}}{%- endif -%}'
+    r'{%- if message["content"] is string -%}'
+    r'{{- message["content"] -}}'
+    r"{%- else -%}"
+    r'{%- set num_images = message["content"] | selectattr("type", "equalto", "image") | list | length -%}'
+    r"{%- set image = namespace(index=0) -%}"
+    r'{%- for item in message["content"] -%}'
+    r'{%- if item["type"] == "image" -%}'
+    r"{%- set image.index = image.index + 1 -%}"
+    r'{%- if num_images > 1 -%}{{- "Image " ~ image.index ~ ": " -}}{%- endif -%}'
+    r'{{- "<image>\n" -}}'
+    r'{%- elif item["type"] == "text" -%}'
+    r'{{- item["text"] -}}'
+    r"{%- endif -%}"
+    r"{%- endfor -%}"
+    r"{%- endif -%}"
+    r'{{- "<|im_end|>\n" -}}'
+    r"{%- endfor -%}"
+    r'{%- if add_generation_prompt -%}{{- "<|im_start|>assistant\n" + think -}}{%- endif -%}'
+)
+
+
+class OvisU1Processor(ProcessorMixin):
+    r"""
+    Constructs an Ovis-U1 processor from an [`OvisU1ImageProcessor`] and a Qwen2 tokenizer (the released Qwen3
+    tokenizer).
+
+    In the text, each image is marked by the literal `<image>`. The text is split on the markers and each chunk is
+    tokenized alone (as the released model does: tokenizing the whole string would merge tokens across the markers),
+    and each image becomes `<|vision_start|>`, `t * grid_h * grid_w // hidden_stride**2` times `<|image_pad|>` (the
+    positions of its visual tokens), `<|vision_end|>`.
+
+    Args:
+        image_processor ([`OvisU1ImageProcessor`], *optional*):
+            The image processor.
+        tokenizer ([`Qwen2Tokenizer`], *optional*):
+            The tokenizer; it must know `<|vision_start|>`, `<|image_pad|>` and `<|vision_end|>`.
+        chat_template (`str`, *optional*):
+            A Jinja template for [`~ProcessorMixin.apply_chat_template`]; defaults to the released conversation
+            format (`CHAT_TEMPLATE`), which takes `enable_thinking` (default `False`).
+        multimodal_max_length (`int`, *optional*, defaults to 2048):
+            Longest token sequence (visual tokens included); longer ones keep their last tokens. `None` disables it.
+    """
+
+    image_token = "<image>"
+    image_start_token = "<|vision_start|>"
+    image_pad_token = "<|image_pad|>"
+    image_end_token = "<|vision_end|>"
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, multimodal_max_length=2048, **kwargs):
+        ids = tokenizer.convert_tokens_to_ids([self.image_start_token, self.image_pad_token, self.image_end_token])
+        if any(i is None or i == tokenizer.unk_token_id for i in ids):
+            raise ValueError(
+                f"The tokenizer must know {self.image_start_token}, {self.image_pad_token} and {self.image_end_token}."
+            )
+        self.image_start_token_id, self.image_token_id, self.image_end_token_id = ids
+        self.multimodal_max_length = multimodal_max_length
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
+
+    def __call__(
+        self,
+        images=None,
+        text: str | list[str] | None = None,
+        videos=None,
+        audio=None,
+        multimodal_max_length: int | None = None,
+        return_tensors: str | TensorType | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Tokenizes texts with their images into left-padded sequences, and processes the images.
+
+        Args:
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, a list of them, or a list of lists, *optional*):
+                The images of the `<image>` markers: one image, a flat list consumed in marker order across the
+                batch, or one list per text.
+            text (`str` or `list[str]`):
+                The texts (already chat-formatted, see [`~ProcessorMixin.apply_chat_template`]), with one `<image>`
+                marker per image.
+            multimodal_max_length (`int`, *optional*):
+                Overrides `self.multimodal_max_length` for this call.
+            return_tensors (`str` or [`~utils.TensorType`], *optional*, defaults to `"pt"`):
+                `"pt"` for PyTorch tensors, `"np"` for numpy arrays, `None` for lists.
+            **kwargs:
+                Overrides of the image processor's settings, e.g. `max_pixels`.
+
+        Returns:
+            [`BatchFeature`]: with
+            - **input_ids** -- int64 `(batch_size, sequence_length)`, LEFT-padded with the pad token.
+            - **attention_mask** -- int64 `(batch_size, sequence_length)`, 0 on padding.
+            - **pixel_values** -- float32 `(num_patches, patch_dim)` of the images in the kept sequences (only when
+              there are images).
+            - **grid_thws** -- int64 `(num_images, 3)`, one row per image in `pixel_values`.
+
+            A sequence longer than the maximum length keeps its last tokens, with a warning; the images left without
+            any `<|image_pad|>` token are dropped from `pixel_values`. An image cut in part is kept whole: its first
+            `<|image_pad|>` run is then shorter than its visual tokens, and the model uses that image's LAST tokens.
+        """
+        if videos is not None or audio is not None:
+            raise ValueError("Ovis-U1 takes images and text only.")
+        if text is None:
+            raise ValueError("`text` is required: mark each image with `<image>` in it.")
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError("`text` must be a string or a non-empty list of strings.")
+        images_per_text = self._images_per_text(images, [t.count(self.image_token) for t in texts])
+        max_length = self.multimodal_max_length if multimodal_max_length is None else multimodal_max_length
+
+        flat_images = [image for images in images_per_text for image in images]
+        if flat_images:
+            image_inputs = self.image_processor(flat_images, return_tensors=None, **kwargs)
+            grid_thws = image_inputs["grid_thws"]
+            num_rows = grid_thws.prod(-1)
+            hidden_stride = kwargs.get("hidden_stride", self.image_processor.hidden_stride)
+            num_tokens = (num_rows // hidden_stride**2).tolist()
+            row_ends = np.cumsum(num_rows).tolist()
+
+        sequences, kept_images, next_image = [], [], 0
+        for index, sample in enumerate(texts):
+            chunks = self.tokenizer(sample.split(self.image_token), add_special_tokens=False)["input_ids"]
+            ids, last_pads = list(chunks[0]), []
+            for chunk in chunks[1:]:
+                n = num_tokens[next_image]
+                ids += [self.image_start_token_id] + [self.image_token_id] * n + [self.image_end_token_id]
+                last_pads.append((next_image, len(ids) - 2))
+                ids += chunk
+                next_image += 1
+            cut = 0 if max_length is None else max(0, len(ids) - max_length)
+            kept = [image for image, last_pad in last_pads if last_pad >= cut]
+            if cut:
+                logger.warning(
+                    f"Sequence {index} is {len(ids)} tokens long, longer than multimodal_max_length={max_length}: "
+                    f"keeping its last {max_length} tokens ({len(last_pads) - len(kept)} image(s) dropped)."
+                )
+            sequences.append(ids[cut:])
+            kept_images += kept
+
+        length = max(len(ids) for ids in sequences)
+        data = {
+            "input_ids": [[self.tokenizer.pad_token_id] * (length - len(ids)) + ids for ids in sequences],
+            "attention_mask": [[0] * (length - len(ids)) + [1] * len(ids) for ids in sequences],
+        }
+        if kept_images:
+            rows = [image_inputs["pixel_values"][row_ends[i] - num_rows[i] : row_ends[i]] for i in kept_images]
+            data["pixel_values"] = np.concatenate(rows)
+            data["grid_thws"] = grid_thws[kept_images]
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _images_per_text(self, images, num_markers: list[int]) -> list[list]:
+        """Splits `images` over the texts by their `<image>` markers; a count mismatch raises before any image work."""
+        if images is None:
+            images = []
+        elif not isinstance(images, (list, tuple)):
+            images = [images]
+        if images and all(isinstance(item, (list, tuple)) for item in images):
+            per_text = [list(item) for item in images]
+            if [len(item) for item in per_text] != num_markers:
+                raise ValueError(
+                    f"The texts hold {num_markers} `<image>` markers but {[len(item) for item in per_text]} images "
+                    "were given per text."
+                )
+            return per_text
+        if len(images) != sum(num_markers):
+            raise ValueError(
+                f"The text holds {sum(num_markers)} `<image>` marker(s) (per text: {num_markers}) but {len(images)} "
+                "image(s) were given."
+            )
+        starts = np.cumsum([0] + num_markers).tolist()
+        return [list(images[start:end]) for start, end in zip(starts, starts[1:])]
+
+
+__all__ = ["CHAT_TEMPLATE", "OvisU1Processor"]
+
+OvisU1Processor.register_for_auto_class("AutoProcessor")
