@@ -236,6 +236,11 @@ class OvisU1ImageProcessor(BaseImageProcessor):
 
     model_input_names = ["pixel_values", "grid_thws"]
     valid_kwargs = OvisU1ImageProcessorKwargs
+    # Exposed on the class so that the diffusion pipelines reach them through their processor component.
+    smart_resize = staticmethod(smart_resize)
+    fit_image = staticmethod(fit_image)
+    to_pil_image = staticmethod(to_pil_image)
+    convert_to_rgb = staticmethod(convert_to_rgb)
 
     def __init__(
         self,

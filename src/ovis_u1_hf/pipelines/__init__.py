@@ -1,0 +1,6 @@
+from .pipeline_ovis_u1_edit import OvisU1EditPipeline
+from .pipeline_ovis_u1_text_to_image import OvisU1TextToImagePipeline
+from .transformer_ovis_u1 import OvisU1Transformer2DModel
+
+
+__all__ = ["OvisU1EditPipeline", "OvisU1TextToImagePipeline", "OvisU1Transformer2DModel"]

@@ -1,0 +1,276 @@
+# Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
+"""What the Ovis-U1 text-to-image and edit pipelines share: the LLM condition, latents, schedule, sampling, decoding.
+
+This file, like the pipelines, imports only third-party packages: the Ovis-U1 components are reached through the
+pipeline's modules, so a saved pipeline folder runs with `trust_remote_code=True` where `ovis_u1_hf` is absent.
+"""
+
+from collections.abc import Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ModelMixin
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from diffusers.utils import logging
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import PreTrainedModel, ProcessorMixin
+
+
+logger = logging.get_logger(__name__)
+
+# Prompts of the released model (SPEC 10).
+UNCONDITIONAL_PROMPT = "Generate an image."
+TEXT_TO_IMAGE_TEMPLATE = (
+    "Describe the image by detailing the color, shape, size, texture, quantity, text, and spatial relationships of "
+    "the objects:{}"
+)
+# Smallest image the condition's image is resized to (SPEC 10); its largest is the image processor's `min_pixels`.
+CONDITION_IMAGE_MIN_PIXELS = 56 * 56
+
+
+class OvisU1PipelineMixin:
+    """
+    Shared machinery of [`OvisU1TextToImagePipeline`] and [`OvisU1EditPipeline`]. A mixin rather than a
+    `DiffusionPipeline` subclass: diffusers loads a remote pipeline file by finding its one `DiffusionPipeline` class.
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        text_encoder: PreTrainedModel,
+        processor: ProcessorMixin,
+        transformer: ModelMixin,
+        vae: AutoencoderKL,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+    ):
+        super().__init__()
+        self.register_modules(
+            text_encoder=text_encoder, processor=processor, transformer=transformer, vae=vae, scheduler=scheduler
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
+        # Latents are packed in 2x2 groups, so sizes are multiples of twice the VAE factor.
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor * 2)
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae_scale_factor * 2
+
+    # ------------------------------------------------------------------ condition -----------------------------------
+
+    def condition_image(self, image: PIL.Image.Image, width: int, height: int) -> PIL.Image.Image:
+        """The image the language model sees for a `width` x `height` target (SPEC 10): fitted, then resized once to
+        at most the image processor's `min_pixels` (the processor may resize it again)."""
+        image_processor = self.processor.image_processor
+        image = image_processor.fit_image(image, width, height)
+        factor = image_processor.patch_size * image_processor.hidden_stride
+        size = image_processor.smart_resize(
+            height, width, factor, CONDITION_IMAGE_MIN_PIXELS, image_processor.min_pixels
+        )
+        return image.resize(size[::-1], resample=PIL.Image.Resampling.BICUBIC)
+
+    def encode_condition(
+        self, texts: list[str], images: list[PIL.Image.Image], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Runs the language model once over a batch of user turns `"<image>\\n" + text` with one image each and returns
+        the generation condition `(batch, length, 2 * hidden)` (left padded, padding zeroed) and its mask.
+        """
+        prompts = [
+            self.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
+                add_generation_prompt=False,
+            )
+            for text in texts
+        ]
+        inputs = self.processor(images=[[image] for image in images], text=prompts, return_tensors="pt").to(device)
+        condition = self.text_encoder.get_generation_condition(**inputs)
+        mask = inputs["attention_mask"].bool()
+        # Padded rows attend to nothing and may hold NaNs: zero them so masked sums stay finite.
+        return condition.masked_fill(~mask[..., None], 0.0), mask
+
+    def refine(self, condition: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The token refiner has no timestep input: run it once for all denoising steps."""
+        condition = condition.to(self.transformer.dtype)
+        tokens, pooled = self.transformer.refine_condition(condition, mask)
+        return tokens, pooled, mask
+
+    # ------------------------------------------------------------------ latents -------------------------------------
+
+    @staticmethod
+    def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+        """`(B, C, 2h, 2w)` -> `(B, h * w, C * 4)`, channel-major within each 2x2 group."""
+        batch, channels, height, width = latents.shape
+        latents = latents.view(batch, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
+        return latents.reshape(batch, (height // 2) * (width // 2), channels * 4)
+
+    @staticmethod
+    def unpack_latents(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Inverse of `pack_latents`: `(B, height * width, C * 4)` -> `(B, C, 2 * height, 2 * width)`."""
+        batch, _, channels = latents.shape
+        latents = latents.view(batch, height, width, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return latents.reshape(batch, channels // 4, height * 2, width * 2)
+
+    @staticmethod
+    def latent_ids(height: int, width: int, index: int, device: torch.device) -> torch.Tensor:
+        """Rotary positions `(index, row, col)` of a `height` x `width` grid of packed tokens."""
+        ids = torch.zeros(height, width, 3, device=device)
+        ids[..., 0] = index
+        ids[..., 1] = torch.arange(height, device=device)[:, None]
+        ids[..., 2] = torch.arange(width, device=device)[None, :]
+        return ids.reshape(height * width, 3)
+
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """Packed-token grid of a `height` x `width` image."""
+        return -(-height // self.size_multiple), -(-width // self.size_multiple)
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Packed noise `(batch_size, tokens, 4 * latent_channels)`, or the given `latents` checked and packed."""
+        grid_h, grid_w = self.token_grid(height, width)
+        channels = self.vae.config.latent_channels
+        shape = (batch_size, channels, grid_h * 2, grid_w * 2)
+        if latents is not None:
+            packed_shape = (batch_size, grid_h * grid_w, channels * 4)
+            if tuple(latents.shape) == shape:
+                latents = self.pack_latents(latents)
+            elif tuple(latents.shape) != packed_shape:
+                raise ValueError(
+                    f"`latents` must have shape {shape} (or packed {packed_shape}) for {batch_size} image(s) of "
+                    f"{width}x{height}, got {tuple(latents.shape)}."
+                )
+            return latents.to(device=device, dtype=dtype)
+        # Drawn in float32 on the generator's device, so a seed gives the same image on CPU and GPU.
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        return self.pack_latents(noise).to(dtype)
+
+    def timesteps(self, num_inference_steps: int, image_seq_len: int, device: torch.device) -> torch.Tensor:
+        """`t = linspace(1, 0, steps + 1)`, exponentially shifted by the image size when the scheduler shifts."""
+        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+        config = self.scheduler.config
+        mu = None
+        if config.use_dynamic_shifting:
+            mu = calculate_shift(
+                image_seq_len, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift
+            )
+        timesteps, _ = retrieve_timesteps(self.scheduler, device=device, sigmas=sigmas, mu=mu)
+        return timesteps
+
+    # ------------------------------------------------------------------ sampling ------------------------------------
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        branches: dict,
+        combine: Callable[[torch.Tensor], torch.Tensor],
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> torch.Tensor:
+        """
+        Euler sampling. `branches` holds the transformer inputs of every guidance branch stacked along the batch
+        (`num_branches * batch` rows); one transformer call per step predicts them all, and `combine` turns the
+        stacked velocities `(num_branches, batch, ...)` into the guided one.
+        """
+        num_branches = branches["encoder_hidden_states"].shape[0] // latents.shape[0]
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                self._current_timestep = t
+                model_input = latents.repeat(num_branches, 1, 1)
+                timestep = (t / 1000).expand(model_input.shape[0]).to(latents.dtype)
+                velocity = self.transformer(
+                    hidden_states=model_input, timestep=timestep, return_dict=False, **branches
+                )[0]
+                velocity = combine(velocity.unflatten(0, (num_branches, -1)))
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    local_tensors = {"latents": latents}
+                    callback_kwargs = {name: local_tensors[name] for name in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                progress_bar.update()
+        self._current_timestep = None
+        return latents
+
+    def decode(self, latents: torch.Tensor, height: int, width: int, output_type: str):
+        if output_type == "latent":
+            return latents
+        grid_h, grid_w = self.token_grid(height, width)
+        latents = self.unpack_latents(latents, grid_h, grid_w)
+        shift = self.vae.config.shift_factor or 0.0
+        latents = latents / self.vae.config.scaling_factor + shift
+        # Decoded in float32, as the released model does.
+        vae_dtype = self.vae.dtype
+        if vae_dtype != torch.float32:
+            self.vae.to(torch.float32)
+        image = self.vae.decode(latents.to(torch.float32), return_dict=False)[0]
+        if vae_dtype != torch.float32:
+            self.vae.to(vae_dtype)
+        return self.image_processor.postprocess(image.clamp(-1, 1), output_type=output_type)
+
+    # ------------------------------------------------------------------ checks --------------------------------------
+
+    def check_common_inputs(
+        self, num_inference_steps, guidance_scales: dict, num_images_per_prompt, output_type, callback_inputs
+    ) -> None:
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+        for name, value in guidance_scales.items():
+            if value < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {value}.")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}.")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
+        unknown = [name for name in callback_inputs or [] if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}.")
+
+    def check_size(self, height, width) -> tuple[int, int]:
+        """Floors a requested size to multiples of 16 (warning when it changes), as the released pipelines do."""
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        multiple = self.size_multiple
+        floored = (height // multiple * multiple, width // multiple * multiple)
+        if 0 in floored:
+            raise ValueError(f"The image size must be at least {multiple}x{multiple}, got {width}x{height}.")
+        if floored != (height, width):
+            logger.warning(f"{width}x{height} is not a multiple of {multiple}: generating {floored[1]}x{floored[0]}.")
+        return floored
+
+    @staticmethod
+    def check_prompts(prompt, name: str = "prompt") -> list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"`{name}` must be a string or a non-empty list of strings, got {type(prompt).__name__}.")
+        if any(not p.strip() for p in prompts):
+            raise ValueError(f"`{name}` must not be empty.")
+        return prompts
+
+    @property
+    def num_timesteps(self):
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self):
+        return self._current_timestep
+
+    @property
+    def interrupt(self):
+        return self._interrupt
