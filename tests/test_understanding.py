@@ -117,8 +117,10 @@ def test_remote_code_processor_and_model_without_the_package(processor, tmp_path
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1", "PATH": ""}
+        [sys.executable, "-c", script],
+        capture_output=True, text=True, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1", "PATH": ""}, stdin=subprocess.DEVNULL,
     )
+    assert "Do you wish to run the custom code" not in result.stdout
     assert result.returncode == 0, result.stderr[-3000:]
     module, tokens = result.stdout.strip().splitlines()[-1].split(" ", 1)
     assert module.startswith("transformers_modules")

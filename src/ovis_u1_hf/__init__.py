@@ -1,6 +1,7 @@
 """Ovis-U1 for transformers and diffusers: image understanding, text-to-image generation and image editing.
 
-Importing the package registers the understanding classes with the transformers Auto classes.
+Importing the package registers the understanding classes with the transformers Auto classes, and makes the
+pipeline classes load their components from the package.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
@@ -15,6 +16,7 @@ from .modeling import (
     OvisU1VisionConfig,
     OvisU1VisionModel,
 )
+from .pipelines import OvisU1EditPipeline, OvisU1TextToImagePipeline, OvisU1Transformer2DModel
 
 
 DEFAULT_MODEL_ID = "AIDC-AI/Ovis-U1-3B"
@@ -29,11 +31,14 @@ AutoProcessor.register(OvisU1Config, OvisU1Processor, exist_ok=True)
 __all__ = [
     "DEFAULT_MODEL_ID",
     "OvisU1Config",
+    "OvisU1EditPipeline",
     "OvisU1ForConditionalGeneration",
     "OvisU1ImageProcessor",
     "OvisU1Model",
     "OvisU1PreTrainedModel",
     "OvisU1Processor",
+    "OvisU1TextToImagePipeline",
+    "OvisU1Transformer2DModel",
     "OvisU1VisionConfig",
     "OvisU1VisionModel",
 ]

@@ -2,9 +2,12 @@
 """Processor of Ovis-U1: chat formatting, chunked tokenization with expanded image tokens, and image processing."""
 
 import numpy as np
+from transformers import AutoTokenizer
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import TensorType, logging
+
+from .image_processing_ovis_u1 import OvisU1ImageProcessor
 
 
 logger = logging.get_logger(__name__)
@@ -75,6 +78,14 @@ class OvisU1Processor(ProcessorMixin):
         self.image_start_token_id, self.image_token_id, self.image_end_token_id = ids
         self.multimodal_max_length = multimodal_max_length
         super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # The image processor is this module's sibling: load it directly. Through AutoImageProcessor it would ask for
+        # `trust_remote_code` again, which diffusers does not pass when it loads this processor as a component.
+        image_processor = OvisU1ImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return [image_processor, tokenizer]
 
     def __call__(
         self,

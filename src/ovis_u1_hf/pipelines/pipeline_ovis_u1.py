@@ -5,17 +5,24 @@ This file, like the pipelines, imports only third-party packages: the Ovis-U1 co
 pipeline's modules, so a saved pipeline folder runs with `trust_remote_code=True` where `ovis_u1_hf` is absent.
 """
 
+import inspect
+import json
+import os
+import shutil
 from collections.abc import Callable
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ModelMixin
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from diffusers.utils import logging
+from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, ProcessorMixin
+
+from .transformer_ovis_u1 import OvisU1Transformer2DModel
 
 
 logger = logging.get_logger(__name__)
@@ -28,6 +35,15 @@ TEXT_TO_IMAGE_TEMPLATE = (
 )
 # Smallest image the condition's image is resized to (SPEC 10); its largest is the image processor's `min_pixels`.
 CONDITION_IMAGE_MIN_PIXELS = 56 * 56
+
+# A saved pipeline folder carries its code: these pipeline modules at its root, and each Ovis-U1 component's module
+# in the component's folder. With the package installed, the modules below are used instead of the folder's copies.
+PIPELINE_MODULES = ("pipeline_ovis_u1_text_to_image", "pipeline_ovis_u1_edit")
+PACKAGE_MODULES = {
+    "modeling_ovis_u1": "ovis_u1_hf.modeling.modeling_ovis_u1",
+    "processing_ovis_u1": "ovis_u1_hf.modeling.processing_ovis_u1",
+    "transformer_ovis_u1": "ovis_u1_hf.pipelines.transformer_ovis_u1",
+}
 
 
 class OvisU1PipelineMixin:
@@ -43,7 +59,7 @@ class OvisU1PipelineMixin:
         self,
         text_encoder: PreTrainedModel,
         processor: ProcessorMixin,
-        transformer: ModelMixin,
+        transformer: OvisU1Transformer2DModel,
         vae: AutoencoderKL,
         scheduler: FlowMatchEulerDiscreteScheduler,
     ):
@@ -54,6 +70,54 @@ class OvisU1PipelineMixin:
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         # Latents are packed in 2x2 groups, so sizes are multiples of twice the VAE factor.
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor * 2)
+
+    # ------------------------------------------------------------------ saving and loading --------------------------
+    #
+    # diffusers runs a folder's own code only when `model_index.json` names files of the folder: `_class_name` as
+    # [pipeline module, class] and each component as [module, class] with `<component>/<module>.py` present. Such a
+    # folder loads with `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` where this package is
+    # absent, and with `OvisU1TextToImagePipeline.from_pretrained(folder)` / `OvisU1EditPipeline.from_pretrained`
+    # from the installed package, which then reads the folder's modules as the package's (no remote code).
+
+    def save_config(self, save_directory, *args, **kwargs):
+        # Called by `save_pretrained` after the components are saved and before any push to the Hub.
+        super().save_config(save_directory, *args, **kwargs)
+        here = os.path.dirname(os.path.abspath(__file__))
+        for module in PIPELINE_MODULES:
+            copy_module(os.path.join(here, module + ".py"), save_directory)
+        index_file = os.path.join(save_directory, "model_index.json")
+        with open(index_file) as f:
+            index = json.load(f)
+        index["_class_name"] = [type(self).__module__.rsplit(".", 1)[-1], type(self).__name__]
+        for name, component in self.components.items():
+            if component is None or type(component).__module__.split(".")[0] in ("diffusers", "transformers"):
+                continue
+            source = inspect.getsourcefile(type(component))
+            module = copy_module(source, os.path.join(save_directory, name))
+            # transformers looks for `auto_map` code at the root even when loading a subfolder.
+            copy_module(source, save_directory)
+            index[name] = [module, type(component).__name__]
+        with open(index_file, "w") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        config = super()._dict_from_json_file(json_file)
+        if isinstance(config.get("_class_name"), list):
+            # `SomePipeline.from_pretrained` loads that class, not the folder's pipeline code.
+            config["_class_name"] = cls.__name__
+        return config
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        outputs = super().load_config(*args, **kwargs)
+        config = outputs[0] if isinstance(outputs, tuple) else outputs
+        if cls.__module__.startswith("ovis_u1_hf."):
+            # From the installed package: its own modules replace the folder's copies (found in `sys.modules`).
+            for name, value in config.items():
+                if isinstance(value, list) and len(value) == 2 and value[0] in PACKAGE_MODULES:
+                    config[name] = [PACKAGE_MODULES[value[0]], value[1]]
+        return outputs
 
     @property
     def size_multiple(self) -> int:
@@ -274,3 +338,13 @@ class OvisU1PipelineMixin:
     @property
     def interrupt(self):
         return self._interrupt
+
+
+def copy_module(source: str, folder: str) -> str:
+    """Copies a module file and the sibling files it imports relatively into `folder`; returns the module name."""
+    os.makedirs(folder, exist_ok=True)
+    for file in [source, *get_relative_import_files(source)]:
+        target = os.path.join(folder, os.path.basename(file))
+        if os.path.abspath(file) != os.path.abspath(target):
+            shutil.copyfile(file, target)
+    return os.path.splitext(os.path.basename(source))[0]

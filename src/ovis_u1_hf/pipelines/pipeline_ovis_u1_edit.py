@@ -11,6 +11,8 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from diffusers.utils import replace_example_docstring
 
+# diffusers copies only the modules a pipeline file imports itself: the transformer's too.
+from .transformer_ovis_u1 import OvisU1Transformer2DModel  # noqa: F401
 from .pipeline_ovis_u1 import UNCONDITIONAL_PROMPT, OvisU1PipelineMixin
 
 

@@ -9,6 +9,8 @@ from diffusers import DiffusionPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils import replace_example_docstring
 
+# diffusers copies only the modules a pipeline file imports itself: the transformer's too.
+from .transformer_ovis_u1 import OvisU1Transformer2DModel  # noqa: F401
 from .pipeline_ovis_u1 import TEXT_TO_IMAGE_TEMPLATE, UNCONDITIONAL_PROMPT, OvisU1PipelineMixin
 
 

@@ -602,3 +602,4 @@ class OvisU1Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Attent
         if not return_dict:
             return (output,)
         return Transformer2DModelOutput(sample=output)
+
