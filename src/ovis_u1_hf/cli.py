@@ -1,0 +1,164 @@
+# Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
+"""`ovis-u1` command line: chat about images, generate images from text, edit images."""
+
+import argparse
+import sys
+from threading import Thread
+
+from . import DEFAULT_MODEL_ID
+
+
+DTYPES = {"auto": None, "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL_ID, help="converted model folder or Hub id")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="bfloat16 on GPU, float32 on CPU by default")
+    parser.add_argument("--offload", action="store_true", help="keep models on the CPU until they run (GPU only)")
+    parser.add_argument("--attn", choices=["eager", "sdpa", "flash_attention_2"], default=None)
+
+
+def resolve_device_and_dtype(args):
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype] or ("bfloat16" if device.startswith("cuda") else "float32")
+    return device, getattr(torch, dtype)
+
+
+def load_pipeline(args, pipeline_class):
+    device, dtype = resolve_device_and_dtype(args)
+    pipe = pipeline_class.from_pretrained(args.model, torch_dtype=dtype)
+    if args.attn is not None:
+        pipe.text_encoder.set_attn_implementation(args.attn)
+    if args.offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    return pipe
+
+
+def chat(args) -> None:
+    import torch
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor, TextIteratorStreamer
+
+    device, dtype = resolve_device_and_dtype(args)
+    kwargs = {"subfolder": "text_encoder"} if not args.understanding_only else {}
+    model = AutoModel.from_pretrained(args.model, dtype=dtype, attn_implementation=args.attn, **kwargs)
+    model.to(device).eval()
+    processor = AutoProcessor.from_pretrained(args.model, subfolder="" if args.understanding_only else "processor")
+
+    images = [Image.open(path) for path in args.image]
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": args.question}]
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, enable_thinking=args.think
+    )
+    inputs = processor(images=images or None, text=prompt, return_tensors="pt").to(device)
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    generate_kwargs = dict(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer)
+    with torch.inference_mode():
+        thread = Thread(target=model.generate, kwargs=generate_kwargs)
+        thread.start()
+        for text in streamer:
+            print(text, end="", flush=True)
+        thread.join()
+    print()
+
+
+def generate(args) -> None:
+    import torch
+
+    from .pipelines import OvisU1TextToImagePipeline
+
+    pipe = load_pipeline(args, OvisU1TextToImagePipeline)
+    images = pipe(
+        args.prompt,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        num_images_per_prompt=args.count,
+        generator=torch.Generator().manual_seed(args.seed),
+    ).images
+    save_images(images, args.output)
+
+
+def edit(args) -> None:
+    import torch
+    from PIL import Image
+
+    from .pipelines import OvisU1EditPipeline
+
+    pipe = load_pipeline(args, OvisU1EditPipeline)
+    images = pipe(
+        Image.open(args.image),
+        args.instruction,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        image_guidance_scale=args.image_guidance,
+        num_images_per_prompt=args.count,
+        generator=torch.Generator().manual_seed(args.seed),
+    ).images
+    save_images(images, args.output)
+
+
+def save_images(images, output: str) -> None:
+    stem, dot, suffix = output.rpartition(".")
+    stem, suffix = (stem, suffix) if dot else (output, "png")
+    for index, image in enumerate(images):
+        path = f"{stem}.{suffix}" if len(images) == 1 else f"{stem}-{index}.{suffix}"
+        image.save(path)
+        print(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ovis-u1", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    chat_parser = commands.add_parser("chat", help="ask about images; the answer streams")
+    chat_parser.add_argument("question")
+    chat_parser.add_argument("--image", action="append", default=[], help="an image (repeat for several)")
+    chat_parser.add_argument("--max-new-tokens", type=int, default=1024)
+    chat_parser.add_argument("--think", action="store_true", help="let the model think before answering")
+    chat_parser.add_argument(
+        "--understanding-only", action="store_true", help="--model is a transformers folder, not a pipeline folder"
+    )
+    add_common_arguments(chat_parser)
+    chat_parser.set_defaults(func=chat)
+
+    generate_parser = commands.add_parser("generate", help="generate an image from text")
+    generate_parser.add_argument("prompt")
+    generate_parser.add_argument("--output", default="image.png")
+    generate_parser.add_argument("--height", type=int, default=1024)
+    generate_parser.add_argument("--width", type=int, default=1024)
+    generate_parser.add_argument("--steps", type=int, default=50)
+    generate_parser.add_argument("--guidance", type=float, default=5.0)
+    generate_parser.add_argument("--seed", type=int, default=0)
+    generate_parser.add_argument("--count", type=int, default=1)
+    add_common_arguments(generate_parser)
+    generate_parser.set_defaults(func=generate)
+
+    edit_parser = commands.add_parser("edit", help="edit an image following an instruction")
+    edit_parser.add_argument("image")
+    edit_parser.add_argument("instruction")
+    edit_parser.add_argument("--output", default="edited.png")
+    edit_parser.add_argument("--steps", type=int, default=50)
+    edit_parser.add_argument("--guidance", type=float, default=6.0, help="text guidance")
+    edit_parser.add_argument("--image-guidance", type=float, default=1.5)
+    edit_parser.add_argument("--seed", type=int, default=0)
+    edit_parser.add_argument("--count", type=int, default=1)
+    add_common_arguments(edit_parser)
+    edit_parser.set_defaults(func=edit)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
