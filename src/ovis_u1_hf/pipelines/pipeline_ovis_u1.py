@@ -191,6 +191,10 @@ class OvisU1PipelineMixin:
         """Packed-token grid of a `height` x `width` image."""
         return -(-height // self.size_multiple), -(-width // self.size_multiple)
 
+    def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, int, int, int]:
+        grid_h, grid_w = self.token_grid(height, width)
+        return (batch_size, self.vae.config.latent_channels, grid_h * 2, grid_w * 2)
+
     def prepare_latents(
         self,
         batch_size: int,
@@ -201,19 +205,10 @@ class OvisU1PipelineMixin:
         generator: torch.Generator | list[torch.Generator] | None,
         latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Packed noise `(batch_size, tokens, 4 * latent_channels)`, or the given `latents` checked and packed."""
-        grid_h, grid_w = self.token_grid(height, width)
-        channels = self.vae.config.latent_channels
-        shape = (batch_size, channels, grid_h * 2, grid_w * 2)
+        """Packed noise `(batch_size, tokens, 4 * latent_channels)`, or the given `latents` (see `check_batch`) packed."""
+        shape = self.latent_shape(batch_size, height, width)
         if latents is not None:
-            packed_shape = (batch_size, grid_h * grid_w, channels * 4)
-            if tuple(latents.shape) == shape:
-                latents = self.pack_latents(latents)
-            elif tuple(latents.shape) != packed_shape:
-                raise ValueError(
-                    f"`latents` must have shape {shape} (or packed {packed_shape}) for {batch_size} image(s) of "
-                    f"{width}x{height}, got {tuple(latents.shape)}."
-                )
+            latents = self.pack_latents(latents) if latents.ndim == 4 else latents
             return latents.to(device=device, dtype=dtype)
         # Drawn in float32 on the generator's device, so a seed gives the same image on CPU and GPU.
         noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
@@ -305,10 +300,22 @@ class OvisU1PipelineMixin:
         if unknown:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}.")
 
+    def check_batch(self, batch_size: int, height: int, width: int, generator, latents) -> None:
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"Got {len(generator)} generators for {batch_size} images.")
+        if latents is not None:
+            shape = self.latent_shape(batch_size, height, width)
+            packed_shape = (batch_size, shape[2] * shape[3] // 4, shape[1] * 4)
+            if tuple(latents.shape) not in (shape, packed_shape):
+                raise ValueError(
+                    f"`latents` must have shape {shape} (or packed {packed_shape}) for {batch_size} image(s) of "
+                    f"{width}x{height}, got {tuple(latents.shape)}."
+                )
+
     def check_size(self, height, width) -> tuple[int, int]:
         """Floors a requested size to multiples of 16 (warning when it changes), as the released pipelines do."""
         for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         multiple = self.size_multiple
         floored = (height // multiple * multiple, width // multiple * multiple)

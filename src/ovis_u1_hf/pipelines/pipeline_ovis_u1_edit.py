@@ -181,8 +181,7 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
         self._current_timestep = None
         device = self._execution_device
         batch_size = len(prompts) * num_images_per_prompt
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"Got {len(generator)} generators for {batch_size} images.")
+        self.check_batch(batch_size, height, width, generator, latents)
 
         # 1. The input, resized to the output size, seen by the language model and (as context tokens) the MMDiT.
         images = [i.resize((width, height), resample=PIL.Image.Resampling.BICUBIC) for i in images]

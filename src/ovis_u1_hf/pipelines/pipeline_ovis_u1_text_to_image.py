@@ -80,8 +80,12 @@ class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline):
     def check_inputs(self, prompt, negative_prompt, **common):
         prompts = self.check_prompts(prompt)
         if negative_prompt is not None and not isinstance(negative_prompt, str):
-            if not isinstance(negative_prompt, list) or len(negative_prompt) != len(prompts):
-                raise ValueError("`negative_prompt` must be a string or a list as long as `prompt`.")
+            if (
+                not isinstance(negative_prompt, list)
+                or len(negative_prompt) != len(prompts)
+                or not all(isinstance(p, str) for p in negative_prompt)
+            ):
+                raise ValueError("`negative_prompt` must be a string or a list of strings as long as `prompt`.")
         self.check_common_inputs(**common)
         return prompts
 
@@ -156,8 +160,7 @@ class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline):
         self._current_timestep = None
         device = self._execution_device
         batch_size = len(prompts) * num_images_per_prompt
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"Got {len(generator)} generators for {batch_size} images.")
+        self.check_batch(batch_size, height, width, generator, latents)
 
         # 1. Condition: one language-model call for every branch, refined once for all steps.
         do_guidance = guidance_scale != 1
