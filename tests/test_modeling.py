@@ -388,3 +388,8 @@ def test_config_defaults_are_the_released_model():
     assert config.vision_config.vocab_size == 32768 and config.vision_config.hidden_stride == 2
     model = OvisU1ForConditionalGeneration._from_config(tiny_config())
     assert model.model.vision_tower.head_linear.out_features == tiny_config().vision_config.vocab_size - 4
+
+
+def test_released_config_asks_for_conversion():
+    with pytest.raises(ValueError, match="ovis-u1 convert"):
+        OvisU1Config(llm_config={"model_type": "qwen3"}, visual_tokenizer_config={}, hidden_size=2048)

@@ -1,5 +1,5 @@
 # Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
-"""`ovis-u1` command line: chat about images, generate images from text, edit images."""
+"""`ovis-u1` command line: chat about images, generate and edit images, convert the released checkpoint."""
 
 import argparse
 import sys
@@ -29,7 +29,7 @@ def resolve_device_and_dtype(args):
 
 def load_pipeline(args, pipeline_class):
     device, dtype = resolve_device_and_dtype(args)
-    pipe = pipeline_class.from_pretrained(args.model, torch_dtype=dtype)
+    pipe = pipeline_class.from_pretrained(args.model, dtype=dtype)
     if args.attn is not None:
         pipe.text_encoder.set_attn_implementation(args.attn)
     if args.offload:
@@ -113,6 +113,27 @@ def save_images(images, output: str) -> None:
         print(path)
 
 
+def convert(args) -> None:
+    from .conversion import ConversionError, convert as convert_checkpoint
+
+    try:
+        report = convert_checkpoint(
+            args.output,
+            args.source,
+            format=args.format,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            force=args.force,
+            verify=args.verify,
+            push_to_hub=args.push_to_hub,
+            private=args.private,
+            revision=args.revision,
+        )
+    except ConversionError as error:
+        raise SystemExit(f"ovis-u1 convert: error: {error}") from None
+    print(report.summary(verbose=args.verbose))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ovis-u1", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +172,36 @@ def build_parser() -> argparse.ArgumentParser:
     edit_parser.add_argument("--count", type=int, default=1)
     add_common_arguments(edit_parser)
     edit_parser.set_defaults(func=edit)
+
+    convert_parser = commands.add_parser(
+        "convert", help="convert the released checkpoint into a Hub-ready diffusers (or transformers) folder"
+    )
+    convert_parser.add_argument("output", help="folder to write (must not exist unless --force)")
+    convert_parser.add_argument(
+        "--source", default=DEFAULT_MODEL_ID, help="released checkpoint: a local folder or a Hub repo id"
+    )
+    convert_parser.add_argument("--revision", default=None, help="revision of a Hub --source")
+    convert_parser.add_argument(
+        "--format",
+        choices=["diffusers", "transformers"],
+        default="diffusers",
+        help="diffusers: the whole pipeline folder; transformers: the understanding model and processor only",
+    )
+    convert_parser.add_argument(
+        "--dtype", choices=["keep", "bfloat16", "float16", "float32"], default="keep", help="weights dtype"
+    )
+    convert_parser.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB")
+    convert_parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    convert_parser.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip reloading the output and comparing it with the released weights on a synthetic input",
+    )
+    convert_parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the folder there")
+    convert_parser.add_argument("--private", action="store_true", help="create the --push-to-hub repo private")
+    convert_parser.add_argument("--verbose", action="store_true", help="list the config fields the conversion ignores")
+    convert_parser.set_defaults(func=convert)
     return parser
 
 

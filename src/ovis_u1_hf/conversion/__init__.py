@@ -1,0 +1,319 @@
+# Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
+"""
+Conversion of the released Ovis-U1 checkpoint (`AIDC-AI/Ovis-U1-3B` layout, SPEC 2-3) into one Hub-ready folder:
+a diffusers pipeline folder (text encoder, processor, transformer, VAE, scheduler, model card), or with
+`format="transformers"` a standalone understanding model folder.
+
+The weights are streamed: one released tensor at a time is read (memory-mapped), re-laid out through the key map and
+written into output shards of at most `max_shard_size`. Everything goes into a temporary folder next to the output,
+renamed into place only once complete (and verified).
+"""
+
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from huggingface_hub.errors import StrictDataclassError
+from transformers import AutoTokenizer, GenerationConfig, Qwen3Config
+
+from .. import DEFAULT_MODEL_ID
+from ..modeling import OvisU1Config, OvisU1ForConditionalGeneration, OvisU1ImageProcessor, OvisU1Processor
+from ..pipelines import OvisU1TextToImagePipeline, OvisU1Transformer2DModel
+from .config import TranslatedConfig, translate_config
+from .key_map import TEXT_ENCODER, TRANSFORMER, VAE, Plan, plan_conversion, relayout
+from .model_card import model_card
+from .source import ConversionError, ReleasedCheckpoint
+from .writer import (
+    DIFFUSERS_WEIGHTS,
+    TRANSFORMERS_WEIGHTS,
+    ShardedSafetensorsWriter,
+    parse_size,
+    save_without_weights,
+)
+
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = DEFAULT_MODEL_ID
+FORMATS = ("diffusers", "transformers")
+DTYPES = {"keep": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES.update({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32})
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did."""
+
+    output_dir: Path
+    format: str
+    source: str
+    tensors_read: int = 0
+    tensors_written: dict[str, int] = field(default_factory=dict)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    ignored_config_fields: list[str] = field(default_factory=list)
+    unknown_config_fields: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    max_errors: dict[str, float] | None = None
+    peak_buffered_bytes: int = 0
+    repo_url: str | None = None
+
+    def summary(self, verbose: bool = False) -> str:
+        """A readable account; `verbose` lists every ignored config field (otherwise only their number)."""
+        lines = [f"Converted {self.source} -> {self.output_dir} ({self.format} format)"]
+        written = ", ".join(f"{name}: {count}" for name, count in self.tensors_written.items())
+        lines.append(f"  released tensors read: {self.tensors_read}; tensors written: {written}")
+        by_reason = {}
+        for name, reason in self.dropped:
+            by_reason.setdefault(reason, []).append(name)
+        for reason, names in by_reason.items():
+            shown = ", ".join(names[:3]) + (f", ... ({len(names)} tensors)" if len(names) > 3 else "")
+            lines.append(f"  dropped {shown}: {reason}")
+        if verbose:
+            lines += [f"  config field ignored: {item}" for item in self.ignored_config_fields]
+        elif self.ignored_config_fields:
+            lines.append(
+                f"  {len(self.ignored_config_fields)} config fields ignored with a reason (--verbose lists them)"
+            )
+        lines += [f"  UNKNOWN config field (not carried over): {item}" for item in self.unknown_config_fields]
+        lines += [f"  note: {note}" for note in self.notes]
+        lines.append(f"  largest weight buffer held in memory: {self.peak_buffered_bytes / 2**20:.1f} MiB")
+        if self.max_errors is not None:
+            errors = ", ".join(f"{name} {error:.3g}" for name, error in self.max_errors.items())
+            lines.append(f"  verified against the released weights, max abs error: {errors}")
+        if self.repo_url:
+            lines.append(f"  pushed to {self.repo_url}")
+        return "\n".join(lines)
+
+
+def convert(
+    output_dir,
+    source=DEFAULT_SOURCE,
+    *,
+    format: str = "diffusers",
+    dtype: str | torch.dtype | None = "keep",
+    max_shard_size: int | str = "5GB",
+    force: bool = False,
+    verify: bool = True,
+    push_to_hub: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    cache_dir=None,
+    token: str | None = None,
+) -> ConversionReport:
+    """
+    Converts a released Ovis-U1 checkpoint into one Hub-ready folder.
+
+    Args:
+        output_dir: The folder to write. It must not exist unless `force`.
+        source: A local folder in the released layout, or a Hub repo id (downloaded with `snapshot_download`).
+        format: `"diffusers"`: the pipeline folder (`model_index.json`, `text_encoder/`, `processor/`,
+            `transformer/`, `vae/`, `scheduler/`, `README.md`) that loads with `OvisU1TextToImagePipeline` /
+            `OvisU1EditPipeline.from_pretrained`, or as remote code. `"transformers"`: the understanding model and
+            its processor only, loadable with `AutoModel` / `AutoProcessor`.
+        dtype: `"keep"` (each tensor as released), `"bfloat16"`, `"float16"` or `"float32"`.
+        max_shard_size: Largest output safetensors shard, e.g. `"5GB"`.
+        force: Replace an existing `output_dir`.
+        verify: Reload the output and check, on a small synthetic input, that it computes what the released weights
+            compute (understanding logits, one transformer step, one VAE decode).
+        push_to_hub: A repo id to upload the folder to (created if needed; token from `token` or the environment).
+        private: Create the repo private.
+        revision, cache_dir, token: For downloading `source` from the Hub.
+
+    Returns:
+        A [`ConversionReport`].
+
+    Raises:
+        ConversionError: the source does not convert (missing, unexpected or mis-shaped tensors, damaged files,
+            contradictory config) or the output exists; nothing is left behind.
+    """
+    if format not in FORMATS:
+        raise ConversionError(f"format must be one of {FORMATS}, got {format!r}.")
+    output = Path(output_dir).expanduser().absolute()
+    if output.exists() and not force:
+        raise ConversionError(f"{output} already exists; pass force=True (--force) to replace it.")
+    if output.exists() and not output.is_dir():
+        raise ConversionError(f"{output} exists and is not a folder.")
+    out_dtype = _parse_dtype(dtype)
+    try:
+        shard_size = parse_size(max_shard_size)
+    except ValueError as error:
+        raise ConversionError(str(error)) from None
+
+    checkpoint = ReleasedCheckpoint.resolve(source, revision=revision, cache_dir=cache_dir, token=token)
+    translated = translate_config(checkpoint.config, checkpoint.preprocessor_config)
+    report = ConversionReport(output, format, str(source))
+    report.ignored_config_fields = translated.report.ignored
+    report.unknown_config_fields = translated.report.unknown
+    for item in report.unknown_config_fields:
+        logger.warning(f"Unknown config field, not carried over: {item}")
+
+    processor = _build_processor(checkpoint, translated, report)
+    try:
+        components = _build_components(translated, processor, format)
+    except ConversionError:
+        raise
+    except (ValueError, TypeError, StrictDataclassError) as error:
+        raise ConversionError(f"config.json translates into an invalid configuration: {error}") from error
+    models = [name for name in (TEXT_ENCODER, TRANSFORMER, VAE) if name in components]
+    expected = {name: _expected_shapes(components[name], translated) for name in models}
+    plan = plan_conversion(checkpoint.tensors, expected, translated.decoder_width, translated.tie_word_embeddings)
+    report.dropped = plan.dropped
+    report.tensors_read = len(checkpoint.tensors)
+    dtypes = _component_dtypes(checkpoint, plan, out_dtype)
+    components[TEXT_ENCODER].to(dtypes[TEXT_ENCODER])  # its config records the dtype (diffusers configs do not)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.converting-", dir=output.parent))
+    try:
+        if format == "diffusers":
+            pipeline = OvisU1TextToImagePipeline(**components)
+            for name, component in pipeline.components.items():
+                save_without_weights(component, staging / name)
+            pipeline.save_config(staging)  # model_index.json and the code files, as save_pretrained writes them
+            folders = {name: staging / name for name in expected}
+        else:
+            save_without_weights(components[TEXT_ENCODER], staging)
+            processor.save_pretrained(staging)
+            folders = {TEXT_ENCODER: staging}
+        _write_weights(checkpoint, plan, translated, folders, shard_size, out_dtype, report)
+        card = model_card(format, push_to_hub, str(source), translated.scheduler["use_dynamic_shifting"])
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        if verify:
+            from .verify import verify_conversion
+
+            report.max_errors = verify_conversion(staging, checkpoint, plan, translated, format, dtypes)
+        _replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    if push_to_hub:
+        report.repo_url = push_folder(output, push_to_hub, private=private, token=token)
+    return report
+
+
+def push_folder(folder, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Uploads a converted folder to the Hub (creating the repo if needed); returns the repo URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    api.upload_folder(
+        repo_id=url.repo_id, folder_path=str(folder), repo_type="model", commit_message="Upload Ovis-U1 (ovis-u1-hf)"
+    )
+    return str(url)
+
+
+# ---------------------------------------------------------------------------------------------- helpers ---------
+
+
+def _parse_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConversionError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
+    return DTYPES[dtype]
+
+
+def _component_dtypes(checkpoint: ReleasedCheckpoint, plan: Plan, out_dtype) -> dict[str, torch.dtype]:
+    """Per component: the output dtype, or with "keep" the dtype holding most of its released parameters."""
+    dtypes = {}
+    for component, mappings in plan.by_component.items():
+        counts = Counter()
+        for mapping in mappings:
+            info = checkpoint.tensors[mapping.source]
+            if info.dtype.is_floating_point:
+                counts[info.dtype] += torch.Size(info.shape).numel()
+        dtypes[component] = out_dtype or (counts.most_common(1)[0][0] if counts else torch.float32)
+    return dtypes
+
+
+def _build_processor(checkpoint: ReleasedCheckpoint, translated: TranslatedConfig, report) -> OvisU1Processor:
+    try:
+        # The LLM's config, so that transformers never parses the released config.json as an OvisU1Config.
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint.folder, config=Qwen3Config(**translated.text_config))
+    except Exception as error:
+        raise ConversionError(f"Cannot load the tokenizer of {checkpoint.folder}: {error}") from error
+    if getattr(tokenizer, "chat_template", None):
+        # The processor's template is the released conversation format; the tokenizer's (Qwen3's) would compete.
+        tokenizer.chat_template = None
+        report.notes.append("the tokenizer's own chat template is replaced by the processor's (released format)")
+    for key in ("chat_template", "is_local", "local_files_only"):  # loading-time values, meaningless once published
+        tokenizer.init_kwargs.pop(key, None)
+    image_processor = OvisU1ImageProcessor(**translated.image_processor)
+    try:
+        return OvisU1Processor(image_processor, tokenizer, multimodal_max_length=translated.multimodal_max_length)
+    except ValueError as error:
+        raise ConversionError(f"The tokenizer of {checkpoint.folder} does not fit the processor: {error}") from None
+
+
+def _build_components(translated: TranslatedConfig, processor: OvisU1Processor, format: str) -> dict:
+    """The pipeline components, models on the meta device (configs and structure only, no memory)."""
+    tokenizer = processor.tokenizer
+    config = OvisU1Config(
+        text_config=translated.text_config,
+        vision_config=translated.vision_config,
+        image_token_id=processor.image_token_id,
+        visual_indicator_token_ids=[processor.image_start_token_id, processor.image_end_token_id],
+        multimodal_max_length=translated.multimodal_max_length,
+        tie_word_embeddings=translated.tie_word_embeddings,
+    )
+    with torch.device("meta"):
+        text_encoder = OvisU1ForConditionalGeneration._from_config(config)
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # The released chat defaults (SPEC 13): greedy, stop at <|im_end|>.
+    text_encoder.generation_config = GenerationConfig(
+        bos_token_id=translated.text_config.get("bos_token_id"),
+        eos_token_id=end_of_turn if end_of_turn is not None else translated.text_config.get("eos_token_id"),
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=4096,
+    )
+    components = {TEXT_ENCODER: text_encoder, "processor": processor}
+    if format == "diffusers":
+        with torch.device("meta"):
+            components[TRANSFORMER] = OvisU1Transformer2DModel.from_config(translated.transformer)
+            components[VAE] = AutoencoderKL.from_config(translated.vae)
+        components["scheduler"] = FlowMatchEulerDiscreteScheduler.from_config(translated.scheduler)
+    return components
+
+
+def _expected_shapes(model, translated: TranslatedConfig) -> dict[str, tuple[int, ...]]:
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    if isinstance(model, OvisU1ForConditionalGeneration) and translated.tie_word_embeddings:
+        shapes.pop("lm_head.weight", None)
+    return shapes
+
+
+def _write_weights(checkpoint, plan: Plan, translated, folders: dict, shard_size, out_dtype, report) -> None:
+    names = {TEXT_ENCODER: TRANSFORMERS_WEIGHTS, TRANSFORMER: DIFFUSERS_WEIGHTS, VAE: DIFFUSERS_WEIGHTS}
+    with checkpoint.open() as reader:
+        for component, folder in folders.items():
+            writer = ShardedSafetensorsWriter(folder, names[component], shard_size, out_dtype)
+            count = 0
+            for mapping in plan.by_component[component]:
+                tensors = relayout(mapping, reader.get(mapping.source), translated.decoder_width)
+                for target, tensor in zip(mapping.targets, tensors, strict=True):
+                    writer.add(target, tensor)
+                    count += 1
+            writer.close()
+            report.tensors_written[component] = count
+            report.peak_buffered_bytes = max(report.peak_buffered_bytes, writer.peak_buffered_bytes)
+
+
+def _replace(staging: Path, output: Path) -> None:
+    if output.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+        output.rename(old / output.name)
+        staging.rename(output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(output)
+
+
+__all__ = ["ConversionError", "ConversionReport", "DEFAULT_SOURCE", "convert", "push_folder"]

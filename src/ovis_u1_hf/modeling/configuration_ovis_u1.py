@@ -176,6 +176,11 @@ class OvisU1Config(PreTrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        if "llm_config" in kwargs or "visual_tokenizer_config" in kwargs:
+            raise ValueError(
+                "This is the configuration of a released Ovis-U1 checkpoint (with `llm_config`): convert the "
+                "checkpoint first with `ovis-u1 convert OUTPUT --source FOLDER_OR_REPO`."
+            )
         self.visual_indicator_token_ids = [int(i) for i in self.visual_indicator_token_ids]
         super().__post_init__(**kwargs)
 

@@ -8,6 +8,7 @@ pipeline's modules, so a saved pipeline folder runs with `trust_remote_code=True
 import inspect
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 
@@ -94,6 +95,11 @@ class OvisU1PipelineMixin:
                 continue
             source = inspect.getsourcefile(type(component))
             module = copy_module(source, os.path.join(save_directory, name))
+            if isinstance(component, torch.nn.Module):
+                # From the Hub, diffusers fetches only `<component>/<module>.py` of a folder holding weights, none of
+                # the files it imports: that module must stand alone.
+                with open(os.path.join(save_directory, name, module + ".py"), "w", encoding="utf-8") as f:
+                    f.write(flatten_relative_imports(source))
             # transformers looks for `auto_map` code at the root even when loading a subfolder.
             copy_module(source, save_directory)
             index[name] = [module, type(component).__name__]
@@ -355,3 +361,27 @@ def copy_module(source: str, folder: str) -> str:
         if os.path.abspath(file) != os.path.abspath(target):
             shutil.copyfile(file, target)
     return os.path.splitext(os.path.basename(source))[0]
+
+
+_RELATIVE_IMPORT = re.compile(r"^from \.(\w+) import (\([^)]*\)|[^\n]*)$", re.MULTILINE)
+
+
+def flatten_relative_imports(source: str, _seen: set | None = None) -> str:
+    """The text of the module `source` with each top-level `from .x import a, b` replaced by the (flattened) text of
+    its sibling `x.py`, each module inlined once."""
+    seen = set() if _seen is None else _seen
+    with open(source, encoding="utf-8") as f:
+        text = f.read()
+    pieces, position = [], 0
+    for match in _RELATIVE_IMPORT.finditer(text):
+        pieces.append(text[position : match.start()])
+        position = match.end()
+        module = match.group(1)
+        if module not in seen:
+            seen.add(module)
+            inlined = flatten_relative_imports(os.path.join(os.path.dirname(source), module + ".py"), seen)
+            pieces.append(f"# ---- inlined from {module}.py ----\n{inlined.rstrip()}\n# ---- end of {module}.py ----")
+        names = match.group(2).strip("()").replace("\n", " ").split(",")
+        pieces.extend(f"\n{alias.strip()} = {name.strip()}" for name, alias in (n.split(" as ") for n in names if " as " in n))
+    pieces.append(text[position:])
+    return "".join(pieces)

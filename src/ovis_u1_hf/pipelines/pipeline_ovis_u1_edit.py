@@ -23,7 +23,7 @@ EXAMPLE_DOC_STRING = """
         >>> from PIL import Image
         >>> from ovis_u1_hf import OvisU1EditPipeline
 
-        >>> pipe = OvisU1EditPipeline.from_pretrained("path/to/converted", torch_dtype=torch.bfloat16).to("cuda")
+        >>> pipe = OvisU1EditPipeline.from_pretrained("ovis-u1-3b", dtype=torch.bfloat16).to("cuda")
         >>> image = Image.open("cat.png")
         >>> edited = pipe(image, "make the cat wear a red scarf", generator=torch.Generator().manual_seed(0)).images[0]
         >>> edited.save("edited.png")

@@ -18,9 +18,9 @@ EXAMPLE_DOC_STRING = """
     Examples:
         ```py
         >>> import torch
-        >>> from diffusers import DiffusionPipeline
+        >>> from ovis_u1_hf import OvisU1TextToImagePipeline
 
-        >>> pipe = DiffusionPipeline.from_pretrained("path/to/converted", torch_dtype=torch.bfloat16)
+        >>> pipe = OvisU1TextToImagePipeline.from_pretrained("ovis-u1-3b", dtype=torch.bfloat16)
         >>> pipe.to("cuda")  # or pipe.enable_model_cpu_offload(), or stay on the CPU
         >>> image = pipe("a cat wearing a red scarf", generator=torch.Generator().manual_seed(0)).images[0]
         >>> image.save("cat.png")
