@@ -1,6 +1,6 @@
 # Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
 """
-Conversion of the released Ovis-U1 checkpoint (`AIDC-AI/Ovis-U1-3B` layout, SPEC 2-3) into one Hub-ready folder:
+Conversion of the released Ovis-U1 checkpoint (the `AIDC-AI/Ovis-U1-3B` layout) into one Hub-ready folder:
 a diffusers pipeline folder (text encoder, processor, transformer, VAE, scheduler, model card), or with
 `format="transformers"` a standalone understanding model folder.
 
@@ -266,7 +266,7 @@ def _build_components(translated: TranslatedConfig, processor: OvisU1Processor, 
     with torch.device("meta"):
         text_encoder = OvisU1ForConditionalGeneration._from_config(config)
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    # The released chat defaults (SPEC 13): greedy, stop at <|im_end|>.
+    # The released chat defaults: greedy, stop at <|im_end|>.
     text_encoder.generation_config = GenerationConfig(
         bos_token_id=translated.text_config.get("bos_token_id"),
         eos_token_id=end_of_turn if end_of_turn is not None else translated.text_config.get("eos_token_id"),

@@ -1,5 +1,5 @@
 # Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
-"""Translation of the released `config.json` and `preprocessor_config.json` (SPEC 2) into our configurations.
+"""Translation of the released `config.json` and `preprocessor_config.json` into our configurations.
 
 Every field of the released files is either translated, checked, or ignored with a reason; a field this module does
 not know is reported (and not carried over), never silently dropped.
@@ -43,7 +43,7 @@ QWEN3_FIELDS = frozenset(
 VISUAL_TOKENIZER_TYPES = ("aimv2_visual_tokenizer", "aimv2_native_visual_tokenizer")
 BACKBONE_TYPES = ("aimv2", "aimv2_native")
 
-# Released constants that the config files do not store (SPEC 8, 11).
+# Released constants that the config files do not store.
 REFINER_NUM_LAYERS = 2
 REFINER_MLP_RATIO = 4.0
 NUM_TRAIN_TIMESTEPS = 1000
@@ -144,7 +144,7 @@ def _vision_config(tokenizer: dict, report: ConfigReport) -> dict:
     backbone.expect("model_type", BACKBONE_TYPES)
 
     # The encoder's structure comes from backbone_config; the visual tokenizer's copies are not used by the released
-    # model when it loads (SPEC 2, loading notes).
+    # model when it loads.
     vision = {
         "hidden_size": backbone.take("hidden_size"),
         "intermediate_size": backbone.take("intermediate_size"),
@@ -232,7 +232,7 @@ def _generator_config(generator: dict, report: ConfigReport) -> tuple[dict, dict
         "qkv_bias": section.take("qkv_bias", True, note_default=True),
         "guidance_embeds": section.take("guidance_embed", False, note_default=True),
         "refiner_num_layers": REFINER_NUM_LAYERS,
-        "refiner_num_attention_heads": 2 * heads,  # SPEC 8: the refiner has twice the decoder's heads
+        "refiner_num_attention_heads": 2 * heads,  # the released refiner has twice the decoder's heads
         "refiner_mlp_ratio": REFINER_MLP_RATIO,
     }
     if sum(transformer["axes_dims_rope"]) != transformer["attention_head_dim"]:
@@ -323,7 +323,7 @@ def translate_config(config: dict, preprocessor_config: dict | None) -> Translat
     if transformer["joint_attention_dim"] != 2 * text["hidden_size"]:
         raise ConversionError(
             f"visual_generator_config.context_in_dim={transformer['joint_attention_dim']} must be twice the LLM "
-            f"width {text['hidden_size']} (the condition concatenates two hidden states, SPEC 10)."
+            f"width {text['hidden_size']} (the condition concatenates two hidden states)."
         )
     multimodal_max_length = top.take("multimodal_max_length", 2048, note_default=True)
     top.finish()

@@ -1,5 +1,5 @@
 # Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
-"""The one table from released Ovis-U1 tensor names (SPEC 3) to ours, and the re-layouts it needs.
+"""The one table from released Ovis-U1 tensor names to ours, and the re-layouts it needs.
 
 Used in one direction only: every released tensor name must match exactly one rule, which names the component it
 goes to, the name(s) it gets there and how its values are re-laid out. A rule with no component consumes the tensor
@@ -18,9 +18,9 @@ TEXT_ENCODER, TRANSFORMER, VAE = "text_encoder", "transformer", "vae"
 
 # Re-layouts. Each is one-to-many, so every released tensor is converted on its own (streaming).
 COPY = "copy"
-SPLIT_QKV = "split_qkv"  # fused (3 * d, ...) -> q, k, v in that order (SPEC 8-9: split as (3, heads, head_dim))
-SPLIT_LINEAR1 = "split_linear1"  # single block (3 * d + mlp, ...) -> q, k, v, mlp (SPEC 9)
-SWAP_HALVES = "swap_halves"  # released (shift, scale) -> diffusers AdaLayerNormContinuous (scale, shift) (SPEC 9)
+SPLIT_QKV = "split_qkv"  # fused (3 * d, ...) -> q, k, v in that order (split as (3, heads, head_dim))
+SPLIT_LINEAR1 = "split_linear1"  # single block (3 * d + mlp, ...) -> q, k, v, mlp
+SWAP_HALVES = "swap_halves"  # released (shift, scale) -> diffusers AdaLayerNormContinuous (scale, shift)
 SQUEEZE_BATCH = "squeeze_batch"  # (1, P, C) parameter -> (P, C) embedding table
 DROP = "drop"
 
@@ -48,11 +48,11 @@ RULES: tuple[Rule, ...] = (
         ("lm_head.weight",),
         note="dropped when the embeddings are tied: the loaded model shares embed_tokens, as the released one does",
     ),
-    # ---- visual embedding table and visual tokenizer head (SPEC 6)
+    # ---- visual embedding table and visual tokenizer head
     Rule(r"vte\.weight", TEXT_ENCODER, ("model.visual_embeddings_table.weight",)),
     Rule(r"visual_tokenizer\.head\.0\.weight", TEXT_ENCODER, (_TOWER + "head_linear.weight",)),
     Rule(rf"visual_tokenizer\.head\.1\.{_WB}", TEXT_ENCODER, (_TOWER + "head_norm.{0}",)),
-    # ---- AIMv2 vision encoder (SPEC 5)
+    # ---- AIMv2 vision encoder
     Rule(rf"{_BB}preprocessor\.patchifier\.proj\.{_WB}", TEXT_ENCODER, (_TOWER + "embeddings.patch_embedding.{0}",)),
     Rule(rf"{_BB}preprocessor\.patchifier\.norm\.weight", TEXT_ENCODER, (_TOWER + "embeddings.rms_norm.weight",)),
     Rule(
@@ -77,11 +77,11 @@ RULES: tuple[Rule, ...] = (
         None,
         (),
         DROP,
-        note="QUIRK (SPEC 5): the released features skip this norm, so it never affects the output",
+        note="QUIRK: the released features skip this norm, so it never affects the output",
     ),
     # ---- VAE: diffusers AutoencoderKL names, unchanged
     Rule(r"visual_generator\.vae\.(.+)", VAE, ("{0}",)),
-    # ---- decoder embeddings (SPEC 9)
+    # ---- decoder embeddings
     Rule(rf"{_GEN}img_in\.{_WB}", TRANSFORMER, ("x_embedder.{0}",)),
     Rule(rf"{_GEN}time_in\.in_layer\.{_WB}", TRANSFORMER, ("time_text_embed.timestep_embedder.linear_1.{0}",)),
     Rule(rf"{_GEN}time_in\.out_layer\.{_WB}", TRANSFORMER, ("time_text_embed.timestep_embedder.linear_2.{0}",)),
@@ -89,7 +89,7 @@ RULES: tuple[Rule, ...] = (
     Rule(rf"{_GEN}vector_in\.out_layer\.{_WB}", TRANSFORMER, ("time_text_embed.text_embedder.linear_2.{0}",)),
     Rule(rf"{_GEN}guidance_in\.in_layer\.{_WB}", TRANSFORMER, ("time_text_embed.guidance_embedder.linear_1.{0}",)),
     Rule(rf"{_GEN}guidance_in\.out_layer\.{_WB}", TRANSFORMER, ("time_text_embed.guidance_embedder.linear_2.{0}",)),
-    # ---- token refiner `txt_in` (SPEC 8)
+    # ---- token refiner `txt_in`
     Rule(rf"{_GEN}txt_in\.input_embedder\.{_WB}", TRANSFORMER, ("refiner.proj_in.{0}",)),
     Rule(rf"{_GEN}txt_in\.c_embedder\.linear_([12])\.{_WB}", TRANSFORMER, ("refiner.pooled_embedder.linear_{0}.{1}",)),
     Rule(rf"{_GEN}txt_in\.cls_token", TRANSFORMER, ("refiner.cls_token",)),
@@ -124,7 +124,7 @@ RULES: tuple[Rule, ...] = (
         TRANSFORMER,
         ("refiner.blocks.{0}.gates.linear.{1}",),
     ),
-    # ---- MMDiT-X double blocks (SPEC 9); the 9 img_mod chunks keep their (shift, scale, gate) x 3 order
+    # ---- MMDiT-X double blocks; the 9 img_mod chunks keep their (shift, scale, gate) x 3 order
     Rule(
         rf"{_GEN}double_blocks\.(\d+)\.img_mod\.lin\.{_WB}", TRANSFORMER, ("transformer_blocks.{0}.norm1.linear.{1}",)
     ),
@@ -222,7 +222,7 @@ RULES: tuple[Rule, ...] = (
         TRANSFORMER,
         ("transformer_blocks.{0}.ff_context.net.2.{1}",),
     ),
-    # ---- single blocks (SPEC 9)
+    # ---- single blocks
     Rule(
         rf"{_GEN}single_blocks\.(\d+)\.linear1\.{_WB}",
         TRANSFORMER,
@@ -251,7 +251,7 @@ RULES: tuple[Rule, ...] = (
         TRANSFORMER,
         ("single_transformer_blocks.{0}.attn.norm_k.weight",),
     ),
-    # ---- final layer (SPEC 9)
+    # ---- final layer
     Rule(rf"{_GEN}final_layer\.linear\.{_WB}", TRANSFORMER, ("proj_out.{0}",)),
     Rule(
         rf"{_GEN}final_layer\.adaLN_modulation\.1\.{_WB}",

@@ -54,7 +54,7 @@ def listing(names, limit: int = 20) -> str:
 
 class ReleasedCheckpoint:
     """
-    A released checkpoint folder (SPEC 2-3): `config.json`, `preprocessor_config.json`, tokenizer files and
+    A released checkpoint folder: `config.json`, `preprocessor_config.json`, tokenizer files and
     safetensors weights, one file or shards with `model.safetensors.index.json`.
 
     Opening it checks the weights without reading them: every file must be a complete safetensors file, and the

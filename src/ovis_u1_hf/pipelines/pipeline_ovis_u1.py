@@ -28,13 +28,13 @@ from .transformer_ovis_u1 import OvisU1Transformer2DModel
 
 logger = logging.get_logger(__name__)
 
-# Prompts of the released model (SPEC 10).
+# Prompts of the released model.
 UNCONDITIONAL_PROMPT = "Generate an image."
 TEXT_TO_IMAGE_TEMPLATE = (
     "Describe the image by detailing the color, shape, size, texture, quantity, text, and spatial relationships of "
     "the objects:{}"
 )
-# Smallest image the condition's image is resized to (SPEC 10); its largest is the image processor's `min_pixels`.
+# Smallest image the condition's image is resized to; its largest is the image processor's `min_pixels`.
 CONDITION_IMAGE_MIN_PIXELS = 56 * 56
 
 # A saved pipeline folder carries its code: these pipeline modules at its root, and each Ovis-U1 component's module
@@ -132,7 +132,7 @@ class OvisU1PipelineMixin:
     # ------------------------------------------------------------------ condition -----------------------------------
 
     def condition_image(self, image: PIL.Image.Image, width: int, height: int) -> PIL.Image.Image:
-        """The image the language model sees for a `width` x `height` target (SPEC 10): fitted, then resized once to
+        """The image the language model sees for a `width` x `height` target: fitted, then resized once to
         at most the image processor's `min_pixels` (the processor may resize it again)."""
         image_processor = self.processor.image_processor
         image = image_processor.fit_image(image, width, height)

@@ -30,7 +30,7 @@ EXAMPLE_DOC_STRING = """
         ```
 """
 
-# Output size of an edit: the input's aspect ratio, at most about 1 megapixel, in multiples of 32 (SPEC 11).
+# Output size of an edit: the input's aspect ratio, at most about 1 megapixel, in multiples of 32.
 EDIT_SIZE_FACTOR = 32
 EDIT_MIN_PIXELS = 56 * 56
 EDIT_MAX_PIXELS = 1003520
