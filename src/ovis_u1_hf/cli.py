@@ -1,18 +1,23 @@
 # Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
-"""`ovis-u1` command line: chat about images, generate and edit images, convert the released checkpoint."""
+"""`ovis-u1` command line: chat about images, generate and edit images, convert the released checkpoint, run the
+demo."""
 
 import argparse
 import sys
-from threading import Thread
 
 from . import DEFAULT_MODEL_ID
+from .cache import PIPELINE, ModelUnavailableError, resolve_model
 
 
 DTYPES = {"auto": None, "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL_ID, help="converted model folder or Hub id")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL_ID,
+        help="Hub id or folder: the released checkpoint (converted once into the cache) or a converted one",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="bfloat16 on GPU, float32 on CPU by default")
     parser.add_argument("--offload", action="store_true", help="keep models on the CPU until they run (GPU only)")
@@ -29,7 +34,13 @@ def resolve_device_and_dtype(args):
 
 def load_pipeline(args, pipeline_class):
     device, dtype = resolve_device_and_dtype(args)
-    pipe = pipeline_class.from_pretrained(args.model, dtype=dtype)
+    model = resolve_model(args.model)
+    if model.layout != PIPELINE:
+        raise ModelUnavailableError(
+            f"{args.model} holds the understanding model only; `ovis-u1 {args.command}` needs a pipeline folder "
+            "(`ovis-u1 convert` writes one)."
+        )
+    pipe = pipeline_class.from_pretrained(model.path, dtype=dtype)
     if args.attn is not None:
         pipe.text_encoder.set_attn_implementation(args.attn)
     if args.offload:
@@ -40,30 +51,27 @@ def load_pipeline(args, pipeline_class):
 
 
 def chat(args) -> None:
-    import torch
     from PIL import Image
-    from transformers import AutoModel, AutoProcessor, TextIteratorStreamer
+    from transformers import AutoModel, AutoProcessor
+
+    from .chat import stream_answer
 
     device, dtype = resolve_device_and_dtype(args)
-    kwargs = {"subfolder": "text_encoder"} if not args.understanding_only else {}
-    model = AutoModel.from_pretrained(args.model, dtype=dtype, attn_implementation=args.attn, **kwargs)
+    resolved = resolve_model(args.model)
+    # A pipeline folder holds the understanding model and its processor in subfolders; an understanding folder, at its
+    # root.
+    in_subfolders = resolved.layout == PIPELINE
+    kwargs = {"subfolder": "text_encoder"} if in_subfolders else {}
+    model = AutoModel.from_pretrained(resolved.path, dtype=dtype, attn_implementation=args.attn, **kwargs)
     model.to(device).eval()
-    processor = AutoProcessor.from_pretrained(args.model, subfolder="" if args.understanding_only else "processor")
+    processor = AutoProcessor.from_pretrained(resolved.path, subfolder="processor" if in_subfolders else "")
 
     images = [Image.open(path) for path in args.image]
-    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": args.question}]
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True, enable_thinking=args.think
+    answer = stream_answer(
+        model, processor, args.question, images, max_new_tokens=args.max_new_tokens, think=args.think, device=device
     )
-    inputs = processor(images=images or None, text=prompt, return_tensors="pt").to(device)
-    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    generate_kwargs = dict(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer)
-    with torch.inference_mode():
-        thread = Thread(target=model.generate, kwargs=generate_kwargs)
-        thread.start()
-        for text in streamer:
-            print(text, end="", flush=True)
-        thread.join()
+    for text in answer:
+        print(text, end="", flush=True)
     print()
 
 
@@ -113,6 +121,12 @@ def save_images(images, output: str) -> None:
         print(path)
 
 
+def demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.output, rebuild=args.rebuild)
+
+
 def convert(args) -> None:
     from .conversion import ConversionError, convert as convert_checkpoint
 
@@ -134,6 +148,17 @@ def convert(args) -> None:
     print(report.summary(verbose=args.verbose))
 
 
+def app(args) -> None:
+    from .app import import_gradio, launch
+    from .pipelines import OvisU1TextToImagePipeline
+
+    try:
+        import_gradio()  # before loading the model
+    except ImportError as error:
+        raise SystemExit(f"ovis-u1 app: error: {error}") from None
+    launch(load_pipeline(args, OvisU1TextToImagePipeline), host=args.host, port=args.port, share=args.share)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ovis-u1", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -143,9 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
     chat_parser.add_argument("--image", action="append", default=[], help="an image (repeat for several)")
     chat_parser.add_argument("--max-new-tokens", type=int, default=1024)
     chat_parser.add_argument("--think", action="store_true", help="let the model think before answering")
-    chat_parser.add_argument(
-        "--understanding-only", action="store_true", help="--model is a transformers folder, not a pipeline folder"
-    )
     add_common_arguments(chat_parser)
     chat_parser.set_defaults(func=chat)
 
@@ -202,12 +224,33 @@ def build_parser() -> argparse.ArgumentParser:
     convert_parser.add_argument("--private", action="store_true", help="create the --push-to-hub repo private")
     convert_parser.add_argument("--verbose", action="store_true", help="list the config fields the conversion ignores")
     convert_parser.set_defaults(func=convert)
+
+    demo_parser = commands.add_parser(
+        "demo",
+        help="run chat, text-to-image and edit on a small RANDOM model built offline (outputs are noise)",
+        description="Builds (once, into the cache) a small checkpoint with random weights in the released layout, "
+        "converts it, and runs the three tasks on it: everything works offline in well under a minute on a CPU. "
+        "The weights are random, so the answer and the images are noise.",
+    )
+    demo_parser.add_argument("--output", default="ovis-u1-demo", help="folder for the images and report.md")
+    demo_parser.add_argument("--rebuild", action="store_true", help="build the cached demo checkpoint anew")
+    demo_parser.set_defaults(func=demo)
+
+    app_parser = commands.add_parser("app", help="serve the Gradio app (chat, generate, edit) in the browser")
+    app_parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for the network")
+    app_parser.add_argument("--port", type=int, default=7860)
+    app_parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    add_common_arguments(app_parser)
+    app_parser.set_defaults(func=app)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except ModelUnavailableError as error:  # offline, not found, not an Ovis-U1 model: a message, not a traceback
+        raise SystemExit(f"ovis-u1 {args.command}: error: {error}") from None
     return 0
 
 

@@ -27,7 +27,7 @@ from ..pipelines import OvisU1TextToImagePipeline, OvisU1Transformer2DModel
 from .config import TranslatedConfig, translate_config
 from .key_map import TEXT_ENCODER, TRANSFORMER, VAE, Plan, plan_conversion, relayout
 from .model_card import model_card
-from .source import ConversionError, ReleasedCheckpoint
+from .source import ConversionError, ReleasedCheckpoint, SourceUnavailableError
 from .writer import (
     DIFFUSERS_WEIGHTS,
     TRANSFORMERS_WEIGHTS,
@@ -316,4 +316,11 @@ def _replace(staging: Path, output: Path) -> None:
         staging.rename(output)
 
 
-__all__ = ["ConversionError", "ConversionReport", "DEFAULT_SOURCE", "convert", "push_folder"]
+__all__ = [
+    "ConversionError",
+    "ConversionReport",
+    "DEFAULT_SOURCE",
+    "SourceUnavailableError",
+    "convert",
+    "push_folder",
+]

@@ -22,6 +22,10 @@ class ConversionError(ValueError):
     """The source cannot be converted as it is; the message says why (and lists the offending names)."""
 
 
+class SourceUnavailableError(ConversionError):
+    """A Hub source cannot be downloaded (offline, no network, not found, gated); the Hub's message says which."""
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -88,7 +92,7 @@ class ReleasedCheckpoint:
                 text, revision=revision, cache_dir=cache_dir, token=token, allow_patterns=DOWNLOAD_PATTERNS
             )
         except Exception as error:  # not found, gated, offline, ...: the Hub's own message says which
-            raise ConversionError(f"Cannot download {text} from the Hub: {error}") from error
+            raise SourceUnavailableError(f"Cannot download {text} from the Hub: {error}") from error
         return cls(folder)
 
     def _read_json(self, name: str) -> dict:
@@ -175,4 +179,4 @@ class _TensorReader:
         return self.handles[info.file].get_tensor(name)
 
 
-__all__ = ["ConversionError", "ReleasedCheckpoint", "TensorInfo"]
+__all__ = ["ConversionError", "ReleasedCheckpoint", "SourceUnavailableError", "TensorInfo"]

@@ -17,7 +17,6 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from diffusers.utils import logging
 from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 from diffusers.utils.torch_utils import randn_tensor
@@ -226,11 +225,11 @@ class OvisU1PipelineMixin:
         config = self.scheduler.config
         mu = None
         if config.use_dynamic_shifting:
-            mu = calculate_shift(
-                image_seq_len, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift
-            )
-        timesteps, _ = retrieve_timesteps(self.scheduler, device=device, sigmas=sigmas, mu=mu)
-        return timesteps
+            # The shift grows linearly with the number of noise tokens (FLUX's rule).
+            slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
+            mu = config.base_shift + slope * (image_seq_len - config.base_image_seq_len)
+        self.scheduler.set_timesteps(sigmas=sigmas, device=device, mu=mu)
+        return self.scheduler.timesteps
 
     # ------------------------------------------------------------------ sampling ------------------------------------
 

@@ -8,7 +8,6 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from diffusers.utils import replace_example_docstring
 
 # diffusers copies only the modules a pipeline file imports itself: the transformer's too.
@@ -79,10 +78,10 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
         pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device=device, dtype=self.vae.dtype)
         if isinstance(generator, list):
             latents = torch.cat(
-                [retrieve_latents(self.vae.encode(pixels[i : i + 1]), generator=g) for i, g in enumerate(generator)]
+                [self.vae.encode(pixels[i : i + 1]).latent_dist.sample(g) for i, g in enumerate(generator)]
             )
         else:
-            latents = retrieve_latents(self.vae.encode(pixels), generator=generator)
+            latents = self.vae.encode(pixels).latent_dist.sample(generator)
         shift = self.vae.config.shift_factor or 0.0
         return self.pack_latents((latents - shift) * self.vae.config.scaling_factor)
 

@@ -1,0 +1,243 @@
+# Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
+"""A Gradio app for Ovis-U1: chat about images, generate images from text, edit images from instructions.
+
+`ovis-u1 app --model ...` starts it; in Python, `launch(pipe)` or `build_app(pipe).launch()` with a loaded
+[`OvisU1TextToImagePipeline`]. Gradio is imported only here and only when the app is built (the `demo` extra).
+"""
+
+from collections.abc import Callable, Iterator
+
+import PIL.Image
+import torch
+
+from .chat import stream_answer
+from .pipelines import OvisU1EditPipeline, OvisU1TextToImagePipeline
+
+
+DEMO_EXTRA_HINT = 'The Ovis-U1 app needs Gradio: pip install "ovis-u1-hf[demo]"'
+
+# One model serves every tab: its events share one queue slot so that requests run one at a time.
+MODEL_CONCURRENCY_ID = "ovis-u1"
+
+GENERATE_EXAMPLES = [
+    "a cat wearing a red scarf, sitting on a windowsill in the snow",
+    "a lighthouse on a rocky coast at sunset, oil painting",
+    "a bowl of ramen with a soft-boiled egg, top view, studio light",
+]
+
+
+def import_gradio():
+    try:
+        import gradio
+    except ImportError as error:
+        raise ImportError(f"{DEMO_EXTRA_HINT} ({error})") from error
+    return gradio
+
+
+def user_error(error: Exception) -> Exception:
+    """A Gradio error, which the page shows to the user, for a bad input the pipelines reject."""
+    return import_gradio().Error(str(error))
+
+
+class OvisU1App:
+    r"""
+    The app's callbacks, one per tab, on a loaded pipeline: chat uses its `text_encoder` and `processor`, edit an
+    [`OvisU1EditPipeline`] sharing its components. They take and return what the Gradio components pass (PIL
+    images, numbers as floats) and raise `gradio.Error` for bad inputs.
+
+    Args:
+        pipe ([`OvisU1TextToImagePipeline`]):
+            The loaded pipeline (on its device, or with model CPU offload).
+    """
+
+    def __init__(self, pipe: OvisU1TextToImagePipeline):
+        self.pipe = pipe
+        # Not `from_pipe`: it casts the shared modules to float32 unless given a dtype (and casts them, warning per
+        # module, even to their own dtype); the constructor shares them as they are, with any offload hooks on them.
+        self.edit_pipe = OvisU1EditPipeline(**pipe.components)
+        self.edit_pipe.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+
+    def chat(
+        self,
+        images: list | None,
+        question: str,
+        max_new_tokens: float = 1024,
+        think: bool = False,
+    ) -> Iterator[str]:
+        """Yields the greedy answer so far. `images`: a gallery's value, `(image, caption)` pairs, or images."""
+        if not question or not question.strip():
+            raise user_error(ValueError("Ask a question."))
+        images = [item[0] if isinstance(item, tuple) else item for item in images or []]
+        answer = ""
+        for text in stream_answer(
+            self.pipe.text_encoder,
+            self.pipe.processor,
+            question,
+            images,
+            max_new_tokens=int(max_new_tokens),
+            think=think,
+            device=self.pipe._execution_device,
+        ):
+            answer += text
+            yield answer
+
+    def generate(
+        self,
+        prompt: str,
+        width: float = 1024,
+        height: float = 1024,
+        steps: float = 50,
+        guidance: float = 5.0,
+        seed: float = 0,
+        count: float = 1,
+        progress: Callable | None = None,
+    ) -> list[PIL.Image.Image]:
+        try:
+            return self.pipe(
+                prompt,
+                height=int(height),
+                width=int(width),
+                num_inference_steps=int(steps),
+                guidance_scale=guidance,
+                num_images_per_prompt=int(count),
+                generator=torch.Generator().manual_seed(int(seed)),
+                callback_on_step_end=step_reporter(progress, int(steps)),
+            ).images
+        except ValueError as error:
+            raise user_error(error) from error
+
+    def edit(
+        self,
+        image: PIL.Image.Image | None,
+        instruction: str,
+        steps: float = 50,
+        guidance: float = 6.0,
+        image_guidance: float = 1.5,
+        seed: float = 0,
+        progress: Callable | None = None,
+    ) -> PIL.Image.Image:
+        if image is None:
+            raise user_error(ValueError("Upload an image to edit."))
+        try:
+            return self.edit_pipe(
+                image,
+                instruction,
+                num_inference_steps=int(steps),
+                guidance_scale=guidance,
+                image_guidance_scale=image_guidance,
+                generator=torch.Generator().manual_seed(int(seed)),
+                callback_on_step_end=step_reporter(progress, int(steps)),
+            ).images[0]
+        except ValueError as error:
+            raise user_error(error) from error
+
+
+def step_reporter(progress: Callable | None, steps: int) -> Callable | None:
+    """A `callback_on_step_end` that reports the denoising steps to a `gradio.Progress`."""
+    if progress is None:
+        return None
+
+    def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+        progress((step + 1, steps), desc="Denoising", unit="steps")
+        return {}
+
+    return on_step_end
+
+
+def build_app(pipe: OvisU1TextToImagePipeline, title: str = "Ovis-U1"):
+    """
+    The Gradio app on a loaded [`OvisU1TextToImagePipeline`]: tabs Chat, Generate and Edit, with queueing enabled.
+    Returns the `gradio.Blocks`; `.launch()` serves it.
+    """
+    gr = import_gradio()
+    app = OvisU1App(pipe)
+    size_step = pipe.size_multiple
+    model_event = dict(concurrency_limit=1, concurrency_id=MODEL_CONCURRENCY_ID)
+
+    # Gradio finds a progress tracker by the default value of a parameter of the callback itself.
+    def generate(prompt, width, height, steps, guidance, seed, count, progress=gr.Progress()):
+        return app.generate(prompt, width, height, steps, guidance, seed, count, progress=progress)
+
+    def edit(image, instruction, steps, guidance, image_guidance, seed, progress=gr.Progress()):
+        return app.edit(image, instruction, steps, guidance, image_guidance, seed, progress=progress)
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(
+            f"# {title}\nOne model that understands images, generates images from text and edits images from "
+            "instructions."
+        )
+        with gr.Tab("Chat", id="chat", elem_id="chat-tab"):
+            with gr.Row():
+                with gr.Column():
+                    chat_images = gr.Gallery(
+                        label="Images (optional; several are numbered Image 1, Image 2, ...)",
+                        type="pil",
+                        file_types=["image"],
+                        interactive=True,
+                        columns=3,
+                        height=260,
+                        elem_id="chat-images",
+                    )
+                    question = gr.Textbox(label="Question", lines=2, elem_id="chat-question")
+                    with gr.Accordion("Options", open=False):
+                        max_new_tokens = gr.Slider(1, 4096, value=1024, step=1, label="Max new tokens")
+                        think = gr.Checkbox(label="Think before answering", value=False)
+                    ask = gr.Button("Ask", variant="primary", elem_id="chat-run")
+                with gr.Column():
+                    answer = gr.Textbox(label="Answer", lines=12, interactive=False, elem_id="chat-answer")
+            chat_inputs = [chat_images, question, max_new_tokens, think]
+            gr.on([ask.click, question.submit], app.chat, chat_inputs, answer, **model_event)
+
+        with gr.Tab("Generate", id="generate", elem_id="generate-tab"):
+            with gr.Row():
+                with gr.Column():
+                    prompt = gr.Textbox(label="Prompt", lines=3, elem_id="generate-prompt")
+                    with gr.Row():
+                        width = gr.Slider(256, 2048, value=1024, step=size_step, label="Width")
+                        height = gr.Slider(256, 2048, value=1024, step=size_step, label="Height")
+                    steps = gr.Slider(1, 100, value=50, step=1, label="Steps")
+                    guidance = gr.Slider(0, 15, value=5.0, step=0.5, label="Guidance")
+                    with gr.Row():
+                        seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                        count = gr.Slider(1, 4, value=1, step=1, label="Images")
+                    run_generate = gr.Button("Generate", variant="primary", elem_id="generate-run")
+                    gr.Examples([[example] for example in GENERATE_EXAMPLES], [prompt])
+                with gr.Column():
+                    gallery = gr.Gallery(label="Images", format="png", columns=2, elem_id="generate-gallery")
+            generate_inputs = [prompt, width, height, steps, guidance, seed, count]
+            gr.on([run_generate.click, prompt.submit], generate, generate_inputs, gallery, **model_event)
+
+        with gr.Tab("Edit", id="edit", elem_id="edit-tab"):
+            with gr.Row():
+                with gr.Column():
+                    source = gr.Image(label="Image", type="pil", image_mode="RGB", elem_id="edit-image")
+                    instruction = gr.Textbox(label="Instruction", lines=2, elem_id="edit-instruction")
+                    edit_steps = gr.Slider(1, 100, value=50, step=1, label="Steps")
+                    with gr.Row():
+                        text_guidance = gr.Slider(0, 15, value=6.0, step=0.5, label="Text guidance")
+                        image_guidance = gr.Slider(0, 5, value=1.5, step=0.1, label="Image guidance")
+                    edit_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                    run_edit = gr.Button("Edit", variant="primary", elem_id="edit-run")
+                with gr.Column():
+                    edited = gr.Image(
+                        label="Edited", type="pil", format="png", interactive=False, elem_id="edit-output"
+                    )
+            edit_inputs = [source, instruction, edit_steps, text_guidance, image_guidance, edit_seed]
+            gr.on([run_edit.click, instruction.submit], edit, edit_inputs, edited, **model_event)
+
+    demo.queue()
+    return demo
+
+
+def launch(
+    pipe: OvisU1TextToImagePipeline,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    **launch_kwargs,
+):
+    """Builds the app on a loaded pipeline and serves it at `http://host:port` (blocking unless
+    `prevent_thread_lock=True`); `share=True` also opens a public Gradio link. Returns the `gradio.Blocks`."""
+    demo = build_app(pipe)
+    demo.launch(server_name=host, server_port=port, share=share, **launch_kwargs)
+    return demo

@@ -1,0 +1,308 @@
+"""The Gradio app (`ovis-u1 app`): its callbacks on a tiny pipeline, and its page in a headless browser."""
+
+import importlib
+import io
+import os
+import re
+import shutil
+import socket
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ovis_u1_hf
+from ovis_u1_hf import OvisU1EditPipeline
+from ovis_u1_hf.app import OvisU1App, build_app, launch
+from tiny_pipelines import tiny_text_to_image_pipeline
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+QUESTION = "what is it?"
+MAX_NEW_TOKENS = 6
+
+# Gradio 6.31's queue uses pandas options that pandas 3 deprecates.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:'future.no_silent_downcasting' is deprecated", "ignore:The copy keyword is deprecated"
+)
+
+
+def with_readable_answers(pipe):
+    """The tiny model ties its output layer to random embeddings, so it answers by repeating its last input token (a
+    newline). An untied random output layer that can only pick letter tokens makes its greedy answers visible
+    words; the image condition (hidden states) does not use that layer."""
+    model, tokenizer = pipe.text_encoder, pipe.processor.tokenizer
+    words = [index for token, index in tokenizer.get_vocab().items() if re.fullmatch("Ġ?[A-Za-z]+", token)]
+    torch.manual_seed(0)
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features)
+    with torch.no_grad():
+        head.bias.fill_(-1e4)
+        head.bias[words] = 0.0
+    model.lm_head = head
+    return pipe
+
+
+def an_image(seed: int, height: int, width: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def greedy_answer(pipe, question, images) -> str:
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
+    prompt = pipe.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = pipe.processor(images=images or None, text=prompt, return_tensors="pt")
+    output = pipe.text_encoder.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    return pipe.processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def pipeline_images(pipe, prompt, width, height, steps, seed, count, guidance=5.0):
+    generator = torch.Generator().manual_seed(seed)
+    return pipe(
+        prompt,
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        num_images_per_prompt=count,
+        generator=generator,
+    ).images
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return with_readable_answers(tiny_text_to_image_pipeline())
+
+
+@pytest.fixture(scope="module")
+def app(pipe):
+    return OvisU1App(pipe)
+
+
+# ------------------------------------------------------------------ callbacks -------------------------------------
+
+
+def test_generate_returns_the_pipeline_images(app, pipe):
+    # Gradio passes slider values as floats.
+    images = app.generate("a red cat", 48.0, 32.0, 2.0, 4.0, 3.0, 2.0)
+    expected = pipeline_images(pipe, "a red cat", 48, 32, 2, 3, 2, guidance=4.0)
+    assert len(images) == 2
+    for image, reference in zip(images, expected):
+        assert image.size == (48, 32)
+        assert np.array_equal(np.asarray(image), np.asarray(reference))
+
+
+def test_generate_reports_each_denoising_step(app):
+    reports = []
+    app.generate("a red cat", 32, 32, 3, 5.0, 0, 1, progress=lambda value, **kwargs: reports.append(value))
+    assert reports == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_edit_returns_the_pipeline_edit(app, pipe):
+    image = an_image(0, 40, 56)
+    edited = app.edit(image, "make it blue", 2.0, 5.0, 1.2, 1.0)
+    reference = OvisU1EditPipeline.from_pipe(pipe, dtype=torch.float32)
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(
+        image,
+        "make it blue",
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        image_guidance_scale=1.2,
+        generator=torch.Generator().manual_seed(1),
+    ).images[0]
+    assert edited.size == (96, 64)
+    assert np.array_equal(np.asarray(edited), np.asarray(expected))
+
+
+def test_the_edit_pipeline_shares_the_modules_in_their_dtype():
+    # `OvisU1EditPipeline.from_pipe(pipe)` would cast the shared modules to float32.
+    pipe = tiny_text_to_image_pipeline().to(dtype=torch.bfloat16)
+    app = OvisU1App(pipe)
+    assert app.edit_pipe.transformer is pipe.transformer and app.edit_pipe.text_encoder is pipe.text_encoder
+    assert {module.dtype for module in (pipe.text_encoder, pipe.transformer, pipe.vae)} == {torch.bfloat16}
+
+
+def test_chat_streams_the_greedy_answer(app, pipe):
+    images = [an_image(1, 50, 70), an_image(2, 30, 30)]
+    gallery = [(image, None) for image in images]  # a Gradio gallery's value
+    answers = list(app.chat(gallery, QUESTION, float(MAX_NEW_TOKENS)))
+    expected = greedy_answer(pipe, QUESTION, images)
+    assert answers[-1] == expected and expected.strip()
+    assert len(answers) > 1 and all(expected.startswith(answer) for answer in answers)
+
+
+def test_chat_without_images(app, pipe):
+    assert list(app.chat(None, QUESTION, MAX_NEW_TOKENS))[-1] == greedy_answer(pipe, QUESTION, [])
+
+
+def test_bad_inputs_are_shown_to_the_user(app):
+    gradio = pytest.importorskip("gradio", reason='needs Gradio (pip install "ovis-u1-hf[demo]")')
+    with pytest.raises(gradio.Error, match="question"):
+        next(app.chat(None, "  ", MAX_NEW_TOKENS))
+    with pytest.raises(gradio.Error, match="prompt"):
+        app.generate("", 32, 32, 1, 5.0, 0, 1)
+    with pytest.raises(gradio.Error, match="Upload an image"):
+        app.edit(None, "make it blue", 1, 6.0, 1.5, 0)
+
+
+def test_app_has_the_three_tabs_queued_one_at_a_time(pipe):
+    gradio = pytest.importorskip("gradio", reason='needs Gradio (pip install "ovis-u1-hf[demo]")')
+    demo = build_app(pipe)
+    tabs = [block.label for block in demo.blocks.values() if isinstance(block, gradio.Tab)]
+    assert tabs == ["Chat", "Generate", "Edit"]
+    model_events = {fn.name: fn for fn in demo.fns.values() if fn.name in ("chat", "generate", "edit")}
+    assert len(model_events) == 3
+    # One slot for all three: the model serves one request at a time.
+    slots = {(fn.queue, fn.concurrency_limit, fn.concurrency_id) for fn in model_events.values()}
+    assert slots == {(True, 1, "ovis-u1")}
+
+
+def test_the_package_imports_without_gradio_and_the_app_names_the_extra(monkeypatch, pipe):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
+    monkeypatch.setattr(ovis_u1_hf, "app", sys.modules["ovis_u1_hf.app"])  # restored after the re-import below
+    monkeypatch.delitem(sys.modules, "ovis_u1_hf.app")
+    app_module = importlib.import_module("ovis_u1_hf.app")
+    with pytest.raises(ImportError, match=re.escape('pip install "ovis-u1-hf[demo]"')):
+        app_module.build_app(pipe)
+
+
+# ------------------------------------------------------------------ browser ---------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def require_browser_tools():
+    """Skips the browser tests where Chromium, Gradio or playwright is missing (a dev setup), or fails them where
+    OVIS_U1_REQUIRE_BROWSER=1 says they must run (CI installs all three)."""
+    missing = []
+    if not shutil.which(CHROMIUM):
+        missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium)")
+    for module, install in (("gradio", 'pip install "ovis-u1-hf[demo]"'), ("playwright", "pip install playwright")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(f"{module} ({install})")
+    if missing:
+        reason = "the browser tests need " + ", ".join(missing)
+        if os.environ.get("OVIS_U1_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def page(pipe, tmp_path_factory):
+    """The app served on 127.0.0.1 in this process, open in headless Chromium with a fresh profile."""
+    require_browser_tools()
+    from playwright import sync_api
+
+    with pytest.MonkeyPatch.context() as monkeypatch, sync_api.sync_playwright() as playwright:
+        monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        port = free_port()
+        demo = launch(pipe, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            browser = playwright.chromium.launch_persistent_context(
+                str(tmp_path_factory.mktemp("chromium-profile")),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS,
+            )
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(f"http://127.0.0.1:{port}/")
+            yield page
+            browser.close()
+        finally:
+            demo.close()
+
+
+def set_number(tab, label: str, value) -> None:
+    field = tab.get_by_label(label, exact=True)
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def shown_image(page, image) -> Image.Image:
+    """The image file an <img> of the page shows, as the browser fetches it."""
+    source = image.get_attribute("src")
+    assert source
+    return Image.open(io.BytesIO(page.request.get(source).body())).convert("RGB")
+
+
+def test_browser_generate_shows_the_pipeline_images(page, pipe):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Generate").click()
+    tab = page.locator("#generate-tab")
+    page.locator("#generate-prompt textarea").fill("a red cat")
+    set_number(tab, "number input for Width", 256)
+    set_number(tab, "number input for Height", 272)
+    set_number(tab, "number input for Steps", 2)
+    set_number(tab, "Seed", 7)
+    set_number(tab, "number input for Images", 2)
+    page.locator("#generate-run").click()
+
+    thumbnails = page.locator("#generate-gallery img")
+    expect(thumbnails).to_have_count(2, timeout=30_000)
+    expected = pipeline_images(pipe, "a red cat", 256, 272, 2, 7, 2)
+    for index, reference in enumerate(expected):
+        shown = shown_image(page, thumbnails.nth(index))
+        assert shown.size == (256, 272)
+        assert np.array_equal(np.asarray(shown), np.asarray(reference))
+
+
+def test_browser_chat_shows_the_greedy_answer(page, pipe, tmp_path):
+    from playwright.sync_api import expect
+
+    image_path = tmp_path / "photo.png"
+    an_image(3, 50, 70).save(image_path)
+    expected = greedy_answer(pipe, QUESTION, [Image.open(image_path)])
+
+    page.get_by_role("tab", name="Chat").click()
+    tab = page.locator("#chat-tab")
+    page.locator("#chat-images input[type=file]").set_input_files(str(image_path))
+    expect(page.locator("#chat-images img")).to_have_count(1)
+    page.locator("#chat-question textarea").fill(QUESTION)
+    page.get_by_text("Options").click()
+    set_number(tab, "number input for Max new tokens", MAX_NEW_TOKENS)
+    page.locator("#chat-run").click()
+
+    expect(page.locator("#chat-answer textarea")).to_have_value(expected, timeout=30_000)
+
+
+def test_browser_edit_shows_the_pipeline_edit(page, pipe, tmp_path):
+    from playwright.sync_api import expect
+
+    image_path = tmp_path / "photo.png"
+    an_image(4, 40, 56).save(image_path)
+    reference = OvisU1EditPipeline.from_pipe(pipe, dtype=torch.float32)
+    reference.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(5)
+    expected = reference(Image.open(image_path), "make it blue", num_inference_steps=2, generator=generator).images[0]
+
+    page.get_by_role("tab", name="Edit").click()
+    tab = page.locator("#edit-tab")
+    page.locator("#edit-image input[type=file]").set_input_files(str(image_path))
+    page.locator("#edit-instruction textarea").fill("make it blue")
+    set_number(tab, "number input for Steps", 2)
+    set_number(tab, "Seed", 5)
+    page.locator("#edit-run").click()
+
+    output = page.locator("#edit-output img")
+    expect(output).to_have_count(1, timeout=30_000)
+    shown = shown_image(page, output)
+    assert shown.size == (96, 64)
+    assert np.array_equal(np.asarray(shown), np.asarray(expected))
