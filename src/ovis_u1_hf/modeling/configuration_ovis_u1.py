@@ -166,7 +166,6 @@ class OvisU1Config(PreTrainedConfig):
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen3", init_kwargs=QWEN3_1_7B_DEFAULTS),
         "vision_config": OvisU1VisionConfig,
     }
-    keys_to_ignore_at_inference = ["past_key_values"]
 
     text_config: dict | PreTrainedConfig | None = None
     vision_config: dict | PreTrainedConfig | None = None

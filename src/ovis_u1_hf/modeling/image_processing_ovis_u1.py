@@ -150,6 +150,8 @@ def _to_uint8_hwc(image) -> np.ndarray:
                 f"{image.shape}. A channels-first array needs `.transpose(1, 2, 0)`."
             )
         array = image
+    if array.shape[0] == 0 or array.shape[1] == 0:  # checked here: older Pillow fails obscurely on empty arrays
+        raise ValueError(f"Got an empty image of size {array.shape[1]}x{array.shape[0]}.")
     return np.ascontiguousarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
 
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 from transformers.utils import ModelOutput, logging
@@ -40,50 +40,35 @@ class OvisU1VisionOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
+# transformers 5.24 renamed the key/value cache, as a forward argument and as an output field, from
+# `past_key_values` to `cache`. The cache travels through `**kwargs` under the caller's name and the outputs derive from
+# the library's own classes, so only this name, read from the installed version, says which one is current.
+CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 @dataclass
-class OvisU1ModelOutputWithPast(ModelOutput):
+class OvisU1ModelOutputWithPast(BaseModelOutputWithPast):
     r"""
-    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
-        Normed output of the language model.
-    past_key_values (`Cache`, *optional*):
-        Key/value cache for fast decoding.
-    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-        Language-model hidden states (embeddings, then one entry per layer, the last one normed).
-    attentions (`tuple(torch.FloatTensor)`, *optional*):
-        Language-model attention weights.
+    Output of [`OvisU1Model`]: the language model's output (normed last hidden state, key/value cache, hidden states,
+    attentions) and the visual embeddings.
+
     image_hidden_states (`torch.FloatTensor` of shape `(num_visual_tokens, hidden_size)`, *optional*):
         Visual embeddings of the images of the batch.
     """
 
-    last_hidden_state: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
 
 
 @dataclass
-class OvisU1CausalLMOutputWithPast(ModelOutput):
+class OvisU1CausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
-    loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
-        Next-token prediction loss, when `labels` are given.
-    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
-        Language-model head scores.
-    past_key_values (`Cache`, *optional*):
-        Key/value cache for fast decoding.
-    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-        Language-model hidden states.
-    attentions (`tuple(torch.FloatTensor)`, *optional*):
-        Language-model attention weights.
-    image_hidden_states (`torch.FloatTensor`, *optional*):
+    Output of [`OvisU1ForConditionalGeneration`]: loss, logits, the language model's key/value cache, hidden states
+    and attentions, and the visual embeddings.
+
+    image_hidden_states (`torch.FloatTensor` of shape `(num_visual_tokens, hidden_size)`, *optional*):
         Visual embeddings of the images of the batch.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
 
 
@@ -294,7 +279,6 @@ class OvisU1PreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["OvisU1VisionEncoderLayer", "Qwen3DecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
@@ -503,7 +487,6 @@ class OvisU1Model(OvisU1PreTrainedModel):
         grid_thws: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
@@ -541,17 +524,11 @@ class OvisU1Model(OvisU1PreTrainedModel):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             **kwargs,
         )
-        return OvisU1ModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=image_features,
-        )
+        # The language model's output holds its fields under the installed version's names (see `CACHE_NAME`).
+        return OvisU1ModelOutputWithPast(**outputs, image_hidden_states=image_features)
 
 
 class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
@@ -584,7 +561,6 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
         grid_thws: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -620,7 +596,6 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
             grid_thws=grid_thws,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -636,10 +611,10 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
         return OvisU1CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
+            **{CACHE_NAME: outputs.get(CACHE_NAME)},
         )
 
     def get_generation_condition(
