@@ -190,13 +190,22 @@ class OvisU1Config(PreTrainedConfig):
                 f"visual_indicator_token_ids must name 1 to {reserved} tokens, got {self.visual_indicator_token_ids}."
             )
 
+    # Both belong to the language model; tools such as `resize_token_embeddings` write them on the top config.
     @property
     def hidden_size(self) -> int:
         return self.text_config.hidden_size
 
+    @hidden_size.setter
+    def hidden_size(self, value: int):
+        self.text_config.hidden_size = value
+
     @property
     def vocab_size(self) -> int:
         return self.text_config.vocab_size
+
+    @vocab_size.setter
+    def vocab_size(self, value: int):
+        self.text_config.vocab_size = value
 
 
 __all__ = ["OvisU1Config", "OvisU1VisionConfig"]

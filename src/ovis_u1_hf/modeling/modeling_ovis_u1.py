@@ -14,7 +14,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 from transformers.utils import ModelOutput, logging
-from transformers.utils.generic import is_flash_attention_requested
+from transformers.utils.generic import can_return_tuple, is_flash_attention_requested
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
 from .configuration_ovis_u1 import OvisU1Config, OvisU1VisionConfig
@@ -480,6 +480,7 @@ class OvisU1Model(OvisU1PreTrainedModel):
             raise ValueError(f"{len(features)} image(s) have no placeholder tokens in the input ids.")
         return inputs_embeds
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -525,6 +526,7 @@ class OvisU1Model(OvisU1PreTrainedModel):
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         # The language model's output holds its fields under the installed version's names (see `CACHE_NAME`).
@@ -554,6 +556,7 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
     def get_image_features(self, pixel_values: torch.Tensor, grid_thws: torch.Tensor) -> torch.Tensor:
         return self.model.get_image_features(pixel_values, grid_thws)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -598,6 +601,7 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -606,7 +610,10 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+            # `kwargs` carries the loss arguments of the Trainer (`num_items_in_batch`, `shift_labels`).
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
 
         return OvisU1CausalLMOutputWithPast(
             loss=loss,
@@ -635,6 +642,7 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
             attention_mask=attention_mask,
             use_cache=False,
             output_hidden_states=True,
+            return_dict=True,
         )
         return torch.cat([outputs.last_hidden_state, outputs.hidden_states[-2]], dim=-1)
 

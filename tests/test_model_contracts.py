@@ -1,0 +1,116 @@
+"""Contracts every in-library transformers model keeps (tuple outputs, Trainer loss arguments, config writes), in the
+shape of transformers' model tests: a tiny config and inputs builder, then one test per contract."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovis_u1_hf.modeling.modeling_ovis_u1 import OvisU1ForConditionalGeneration, OvisU1Model
+from tiny_models import image_ids, tiny_config, tiny_model
+
+
+class OvisU1ModelTester:
+    """Builds a tiny config and a batch of two left-padded prompts, one with two images, with labels."""
+
+    batch_size = 2
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def get_config(self):
+        return tiny_config()
+
+    def prepare_inputs(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        grid_thws = torch.tensor([[1, 4, 4], [1, 2, 4]])
+        pixel_values = torch.randn(int(grid_thws.prod(-1).sum()), 3 * 14 * 14, generator=generator)
+        first = [5, 6] + image_ids(4) + [7] + image_ids(2) + [8, 9, 10]
+        second = [11, 12, 13, 14]
+        length = len(first)
+        input_ids = torch.tensor([first, [0] * (length - len(second)) + second])
+        attention_mask = (torch.arange(length) >= torch.tensor([[0], [length - len(second)]])).long()
+        labels = torch.where(attention_mask.bool(), input_ids, -100)
+        labels[0, :3] = -100
+        return dict(
+            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, grid_thws=grid_thws
+        ), labels
+
+
+@pytest.fixture
+def tester():
+    return OvisU1ModelTester()
+
+
+@pytest.mark.parametrize("model_class", [OvisU1Model, OvisU1ForConditionalGeneration])
+def test_return_dict_false_gives_the_same_values_as_a_tuple(tester, model_class):
+    torch.manual_seed(0)
+    model = model_class(tester.get_config()).eval()
+    inputs, labels = tester.prepare_inputs()
+    if model_class is OvisU1ForConditionalGeneration:
+        inputs["labels"] = labels
+    with torch.no_grad():
+        expected = model(**inputs, use_cache=True, output_hidden_states=True)
+        as_tuple = model(**inputs, use_cache=True, output_hidden_states=True, return_dict=False)
+        model.config.return_dict = False
+        from_config = model(**inputs, use_cache=True, output_hidden_states=True)
+    for output in (as_tuple, from_config):
+        assert isinstance(output, tuple) and len(output) == len(expected.to_tuple())
+        for got, want in zip(output, expected.to_tuple()):
+            if isinstance(want, torch.Tensor):
+                assert torch.equal(got, want)
+    # The inner calls return dictionaries whatever the config says: the last hidden state comes first.
+    first = expected.loss if model_class is OvisU1ForConditionalGeneration else expected.last_hidden_state
+    assert torch.equal(from_config[0], first)
+
+
+def token_losses(model, inputs, labels):
+    """Per-token cross-entropy of the next-token targets, written plainly."""
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    targets = labels[:, 1:]
+    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+    return losses, int((targets != -100).sum())
+
+
+def test_loss_with_num_items_in_batch_is_the_summed_token_loss_over_that_count(tester):
+    model = tiny_model()
+    inputs, labels = tester.prepare_inputs()
+    losses, count = token_losses(model, inputs, labels)
+    with torch.no_grad():
+        mean = model(**inputs, labels=labels).loss
+        scaled = model(**inputs, labels=labels, num_items_in_batch=torch.tensor(3 * count)).loss
+    torch.testing.assert_close(mean, losses.sum() / count)
+    # Trainer passes the item count of all accumulated batches: the loss is a share of their sum, not a mean.
+    torch.testing.assert_close(scaled, losses.sum() / (3 * count))
+
+
+def test_shift_labels_replace_the_shifted_labels(tester):
+    model = tiny_model()
+    inputs, labels = tester.prepare_inputs()
+    # Targets that are not `labels` shifted (context parallelism splits sequences after shifting them).
+    shift_labels = torch.where(labels == -100, -100, (labels * 7 + 3) % model.config.vocab_size)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        loss = model(**inputs, labels=labels, shift_labels=shift_labels).loss
+    expected = F.cross_entropy(logits.flatten(0, 1), shift_labels.flatten(), ignore_index=-100)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_vocab_and_hidden_size_write_through_to_the_text_config(tester):
+    config = tester.get_config()
+    config.vocab_size = 200
+    config.hidden_size = 48
+    assert (config.text_config.vocab_size, config.text_config.hidden_size) == (200, 48)
+    assert (config.vocab_size, config.hidden_size) == (200, 48)
+
+
+def test_resize_token_embeddings_updates_the_config_and_keeps_old_rows(tester):
+    model = tiny_model()
+    inputs, _ = tester.prepare_inputs()
+    old_rows = model.get_input_embeddings().weight.detach().clone()
+    model.resize_token_embeddings(old_rows.shape[0] + 8, mean_resizing=False)
+    assert model.config.vocab_size == model.config.text_config.vocab_size == old_rows.shape[0] + 8
+    assert model.lm_head.weight.shape[0] == old_rows.shape[0] + 8
+    assert torch.equal(model.get_input_embeddings().weight[: old_rows.shape[0]], old_rows)
+    with torch.no_grad():
+        assert model(**inputs).logits.shape[-1] == old_rows.shape[0] + 8
