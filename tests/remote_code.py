@@ -42,7 +42,7 @@ def run_without_the_package(folder: Path, atol: float = 0.0) -> subprocess.Compl
         sys.path.insert(0, {str(TESTS)!r})
         import numpy as np
         from diffusers import DiffusionPipeline
-        from transformers import AutoModel, AutoProcessor
+        from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
         from pipeline_calls import all_outputs
         folder = {str(folder / "pipe")!r}
         t2i = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
@@ -51,6 +51,8 @@ def run_without_the_package(folder: Path, atol: float = 0.0) -> subprocess.Compl
         assert type(edit).__name__ == "OvisU1EditPipeline"
         model = AutoModel.from_pretrained(folder, subfolder="text_encoder", trust_remote_code=True)
         processor = AutoProcessor.from_pretrained(folder, subfolder="processor", trust_remote_code=True)
+        task_model = AutoModelForImageTextToText.from_pretrained(folder, subfolder="text_encoder", trust_remote_code=True)
+        assert type(task_model) is type(model), (type(task_model), type(model))
         expected = np.load({str(folder / "outputs.npz")!r})
         for name, value in all_outputs(t2i, edit, model, processor).items():
             if name == "tokens":

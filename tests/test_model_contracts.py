@@ -1,6 +1,10 @@
 """Contracts every in-library transformers model keeps (tuple outputs, Trainer loss arguments, config writes), in the
 shape of transformers' model tests: a tiny config and inputs builder, then one test per contract."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -114,3 +118,44 @@ def test_resize_token_embeddings_updates_the_config_and_keeps_old_rows(tester):
     assert torch.equal(model.get_input_embeddings().weight[: old_rows.shape[0]], old_rows)
     with torch.no_grad():
         assert model(**inputs).logits.shape[-1] == old_rows.shape[0] + 8
+
+
+def test_tensor_parallel_plan_covers_the_language_model_and_head():
+    model = tiny_model()
+    assert model.tp_plan["lm_head"] == "colwise_gather_output"
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert f"model.language_model.layers.*.self_attn.{name}" in model.tp_plan
+    assert model.pp_plan["lm_head"] == (["hidden_states"], ["logits"])
+    assert "model.language_model.layers" in model.pp_plan
+
+
+def test_tensor_parallel_across_two_processes_equals_one_process(tmp_path):
+    model = tiny_model()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    inputs, _ = OvisU1ModelTester().prepare_inputs()
+    torch.save(inputs, folder / "inputs.pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    tokens = model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+
+    script = Path(__file__).with_name("tensor_parallel_generate.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script), str(folder)]
+    result = subprocess.run(command + [str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    split = torch.load(tmp_path / "out.pt")
+    assert split["world_size"] == 2
+    assert split["gate_rows_here"] == model.config.text_config.intermediate_size // 2  # the MLP really is split
+    torch.testing.assert_close(split["logits"], logits, atol=1e-5, rtol=1e-5)
+    assert split["tokens"].tolist() == tokens.tolist()
+
+
+def test_flex_attention_equals_sdpa_in_the_vision_encoder_and_the_language_model(tester):
+    model = tiny_model()
+    inputs, _ = tester.prepare_inputs()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        model.set_attn_implementation("flex_attention")
+        assert model.model.vision_tower.config._attn_implementation == "flex_attention"
+        assert model.model.language_model.config._attn_implementation == "flex_attention"
+        torch.testing.assert_close(model(**inputs).logits, expected, atol=1e-5, rtol=1e-5)

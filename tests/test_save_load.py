@@ -25,6 +25,7 @@ def test_round_trip_and_auto_classes(tmp_path):
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_ovis_u1.OvisU1ForConditionalGeneration"
+    assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_ovis_u1.OvisU1ForConditionalGeneration"
     assert {"modeling_ovis_u1.py", "configuration_ovis_u1.py"} <= {p.name for p in tmp_path.iterdir()}
 
     inputs = inputs_for(model)

@@ -281,6 +281,7 @@ class OvisU1PreTrainedModel(PreTrainedModel):
     _no_split_modules = ["OvisU1VisionEncoderLayer", "Qwen3DecoderLayer"]
     _supports_flash_attn = True
     _supports_sdpa = True
+    _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False  # packed vision segments depend on the data
 
@@ -537,12 +538,22 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
     """Ovis-U1 understanding model with a language-model head; also provides the image-generation condition."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # The language model's own plans come from its config (`base_model_tp_plan` / `base_model_pp_plan`).
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: OvisU1Config):
         super().__init__(config)
         self.model = OvisU1Model(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # `register_for_auto_class` names one Auto class in `auto_map`; this class serves the task's class as well.
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map["AutoModelForImageTextToText"] = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
