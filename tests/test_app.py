@@ -147,12 +147,37 @@ def test_chat_without_images(app, pipe):
 
 def test_bad_inputs_are_shown_to_the_user(app):
     gradio = pytest.importorskip("gradio", reason='needs Gradio (pip install "ovis-u1-hf[demo]")')
-    with pytest.raises(gradio.Error, match="question"):
-        next(app.chat(None, "  ", MAX_NEW_TOKENS))
-    with pytest.raises(gradio.Error, match="prompt"):
-        app.generate("", 32, 32, 1, 5.0, 0, 1)
-    with pytest.raises(gradio.Error, match="Upload an image"):
-        app.edit(None, "make it blue", 1, 6.0, 1.5, 0)
+
+    def shown(callback, *args):
+        with pytest.raises(gradio.Error) as error:
+            result = callback(*args)
+            next(result) if callback == app.chat else result
+        return error.value.message
+
+    assert shown(app.chat, None, "  ", MAX_NEW_TOKENS) == "Question is empty: type what to ask about the images."
+    assert shown(app.generate, "", 32, 32, 1, 5.0, 0, 1) == "Prompt is empty: describe the image to generate."
+    assert shown(app.generate, "a cat", 32, 32, 0, 5.0, 0, 1) == "Steps must be a number of at least 1, got 0."
+    assert shown(app.generate, "a cat", 32, 32, 1, float("nan"), 0, 1) == "Guidance must be a number of at least 0, got nan."
+    assert shown(app.generate, "a cat", 8, 32, 1, 5.0, 0, 1) == "The image size must be at least 16x16, got 8x32."
+    assert shown(app.edit, None, "make it blue", 1, 6.0, 1.5, 0) == "Image is missing: upload the image to edit."
+    assert shown(app.edit, an_image(0, 40, 40), " ", 1, 6.0, 1.5, 0) == "Instruction is empty: describe the edit to make."
+    assert shown(app.edit, an_image(0, 40, 40), "x", 1, 6.0, -1, 0) == "Image guidance must be a number of at least 0, got -1."
+
+
+def test_uploaded_images_are_checked_like_the_command_line(app, tmp_path):
+    gradio = pytest.importorskip("gradio", reason='needs Gradio (pip install "ovis-u1-hf[demo]")')
+    an_image(0, 64, 64).save(tmp_path / "photo.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "photo.png").read_bytes()[:2000])
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(gradio.Error) as error:
+        app.edit(str(tmp_path / "cut.png"), "make it blue", 1, 6.0, 1.5, 0)
+    assert error.value.message == (
+        "The image cut.png is truncated or damaged (image file is truncated): save or "
+        "download it again."
+    )
+    with pytest.raises(gradio.Error) as error:
+        next(app.chat([(str(tmp_path / "notes.png"), None)], QUESTION, MAX_NEW_TOKENS))
+    assert error.value.message == "The image notes.png is not an image file PIL can read: give a PNG, JPEG, WebP, ... file."
 
 
 def test_app_has_the_three_tabs_queued_one_at_a_time(pipe):
@@ -306,3 +331,39 @@ def test_browser_edit_shows_the_pipeline_edit(page, pipe, tmp_path):
     shown = shown_image(page, output)
     assert shown.size == (96, 64)
     assert np.array_equal(np.asarray(shown), np.asarray(expected))
+
+
+def test_browser_shows_bad_inputs_by_their_field_without_a_server_traceback(page, tmp_path, capfd):
+    from playwright.sync_api import expect
+
+    an_image(6, 64, 64).save(tmp_path / "photo.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "photo.png").read_bytes()[:2000])
+    capfd.readouterr()
+
+    page.get_by_role("tab", name="Edit").click()
+    page.locator("#edit-image input[type=file]").set_input_files(str(tmp_path / "photo.png"))
+    page.locator("#edit-instruction textarea").fill("   ")
+    page.locator("#edit-run").click()
+    expect(page.get_by_text("Instruction is empty: describe the edit to make.")).to_be_visible()
+
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#chat-images input[type=file]").set_input_files(str(tmp_path / "cut.png"))
+    page.locator("#chat-question textarea").fill(QUESTION)
+    page.locator("#chat-run").click()
+    message = "The image cut.png is truncated or damaged (image file is truncated): save or download it again."
+    expect(page.get_by_text(message)).to_be_visible()
+    assert "Traceback" not in "".join(capfd.readouterr())
+
+
+def test_browser_refuses_an_upload_over_the_size_limit(page, tmp_path):
+    from playwright.sync_api import expect
+
+    from ovis_u1_hf.app import MAX_FILE_SIZE
+
+    assert MAX_FILE_SIZE == "20MB"
+    large = tmp_path / "large.png"
+    large.write_bytes(b"\0" * (21 * 1024 * 1024))
+    page.get_by_role("tab", name="Edit").click()
+    page.locator("#edit-image input[type=file]").set_input_files(str(large))
+    expect(page.get_by_text('File(s) exceed the maximum allowed size of 20.0 Mb: "large.png"')).to_be_visible()
+    expect(page.locator("#edit-image img")).to_have_count(0)

@@ -83,8 +83,11 @@ def test_chat_on_an_understanding_folder_uses_its_root(folder, tmp_path, capsys)
     main(["chat", "what is it?", "--model", str(understanding), "--max-new-tokens", "4"])
     assert capsys.readouterr().out == expected
 
-    with pytest.raises(SystemExit, match="understanding model only; `ovis-u1 generate` needs a pipeline folder"):
-        main(["generate", "a cat", "--model", str(understanding)])
+    assert main(["generate", "a cat", "--model", str(understanding)]) == 2
+    assert capsys.readouterr().err == (
+        f"ovis-u1 generate: error: {understanding} holds the understanding model only; `ovis-u1 generate` needs a "
+        "pipeline folder (`ovis-u1 convert` writes one).\n"
+    )
 
 
 # ------------------------------------------------------------------------------------- what --model names -------
@@ -159,7 +162,7 @@ def test_the_released_hub_checkpoint_is_converted_once_then_used_offline(release
         ("not found", "no such repo on the Hub"),
     ],
 )
-def test_a_model_that_cannot_be_downloaded_gets_one_clear_message(cache, monkeypatch, error, message):
+def test_a_model_that_cannot_be_downloaded_gets_one_clear_message(cache, monkeypatch, capsys, error, message):
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError
 
@@ -168,9 +171,8 @@ def test_a_model_that_cannot_be_downloaded_gets_one_clear_message(cache, monkeyp
         raise RepositoryNotFoundError("404", response=response) if error == "not found" else error
 
     monkeypatch.setattr(HfApi, "model_info", model_info)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["chat", "hello", "--model", "someone/missing"])
-    text = str(exit_info.value.code)
+    assert main(["chat", "hello", "--model", "someone/missing"]) == 1
+    text = capsys.readouterr().err.rstrip("\n")
     assert text.startswith("ovis-u1 chat: error: Cannot download someone/missing: " + message)
     assert text.endswith("run `ovis-u1 demo` (a small random model).")
 
@@ -195,10 +197,10 @@ def test_app_serves_the_loaded_pipeline(folder, monkeypatch):
     assert main(["app", "--model", str(folder), "--port", "7999", "--host", "0.0.0.0", "--share"]) == 0
     ((pipe, kwargs),) = calls
     assert type(pipe).__name__ == "OvisU1TextToImagePipeline"
-    assert kwargs == {"host": "0.0.0.0", "port": 7999, "share": True}
+    assert kwargs == {"host": "0.0.0.0", "port": 7999, "share": True, "max_file_size": "20MB"}
 
 
-def test_app_without_gradio_names_the_extra(monkeypatch):
+def test_app_without_gradio_names_the_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)
-    with pytest.raises(SystemExit, match=r'pip install "ovis-u1-hf\[demo\]"'):
-        main(["app", "--model", "does-not-exist"])
+    assert main(["app", "--model", "does-not-exist"]) == 2
+    assert capsys.readouterr().err.startswith('ovis-u1 app: error: The Ovis-U1 app needs Gradio: pip install "ovis-u1-hf[demo]"')

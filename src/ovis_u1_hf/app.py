@@ -5,16 +5,20 @@
 [`OvisU1TextToImagePipeline`]. Gradio is imported only here and only when the app is built (the `demo` extra).
 """
 
+import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import PIL.Image
 import torch
 
 from .chat import stream_answer
+from .inputs import InputError, check_text, open_image
 from .pipelines import OvisU1EditPipeline, OvisU1TextToImagePipeline
 
 
 DEMO_EXTRA_HINT = 'The Ovis-U1 app needs Gradio: pip install "ovis-u1-hf[demo]"'
+MAX_FILE_SIZE = "20MB"  # largest upload: far above any sensible photo, far below what would exhaust the server
 
 # One model serves every tab: its events share one queue slot so that requests run one at a time.
 MODEL_CONCURRENCY_ID = "ovis-u1"
@@ -34,9 +38,45 @@ def import_gradio():
     return gradio
 
 
-def user_error(error: Exception) -> Exception:
-    """A Gradio error, which the page shows to the user, for a bad input the pipelines reject."""
-    return import_gradio().Error(str(error))
+def user_error(error: Exception, fields: dict[str, str] | None = None) -> Exception:
+    """A Gradio error, which the page shows to the user (and the server does not log as a failure), for a bad input.
+    `fields` maps the pipeline's argument names in the message to the labels of the page's fields."""
+    message = str(error)
+    for argument, label in (fields or {}).items():
+        message = message.replace(f"`{argument}`", label)
+    # A bad input is the user's to fix, not a server failure: no traceback in the server log.
+    return import_gradio().Error(message.replace("`", ""), print_exception=False)
+
+
+def user_image(image, what: str = "The image") -> PIL.Image.Image:
+    """An uploaded image (a file path, as the page's image fields pass them) checked like the command line's, or a
+    PIL image as it is."""
+    if isinstance(image, (str, Path)):
+        return open_image(image, f"{what} {Path(image).name}")
+    return image
+
+
+def check_number(value, label: str, minimum: float) -> float:
+    if value is None or not math.isfinite(value) or value < minimum:
+        raise InputError(f"{label} must be a number of at least {minimum:g}, got {value}.")
+    return value
+
+
+GENERATE_FIELDS = {
+    "prompt": "Prompt",
+    "height": "Height",
+    "width": "Width",
+    "num_inference_steps": "Steps",
+    "guidance_scale": "Guidance",
+    "num_images_per_prompt": "Images",
+}
+EDIT_FIELDS = {
+    "prompt": "Instruction",
+    "image": "Image",
+    "num_inference_steps": "Steps",
+    "guidance_scale": "Text guidance",
+    "image_guidance_scale": "Image guidance",
+}
 
 
 class OvisU1App:
@@ -64,22 +104,26 @@ class OvisU1App:
         max_new_tokens: float = 1024,
         think: bool = False,
     ) -> Iterator[str]:
-        """Yields the greedy answer so far. `images`: a gallery's value, `(image, caption)` pairs, or images."""
-        if not question or not question.strip():
-            raise user_error(ValueError("Ask a question."))
-        images = [item[0] if isinstance(item, tuple) else item for item in images or []]
-        answer = ""
-        for text in stream_answer(
-            self.pipe.text_encoder,
-            self.pipe.processor,
-            question,
-            images,
-            max_new_tokens=int(max_new_tokens),
-            think=think,
-            device=self.pipe._execution_device,
-        ):
-            answer += text
-            yield answer
+        """Yields the greedy answer so far. `images`: a gallery's value, `(image, caption)` pairs, or images (files or
+        PIL images)."""
+        try:
+            check_text(question, "Question", "type what to ask about the images.")
+            check_number(max_new_tokens, "Max new tokens", 1)
+            images = [user_image(item[0] if isinstance(item, (tuple, list)) else item) for item in images or []]
+            answer = ""
+            for text in stream_answer(
+                self.pipe.text_encoder,
+                self.pipe.processor,
+                question,
+                images,
+                max_new_tokens=int(max_new_tokens),
+                think=think,
+                device=self.pipe._execution_device,
+            ):
+                answer += text
+                yield answer
+        except ValueError as error:  # InputError, and what the processor rejects
+            raise user_error(error, {"text": "Question", "images": "Images"}) from None
 
     def generate(
         self,
@@ -93,6 +137,9 @@ class OvisU1App:
         progress: Callable | None = None,
     ) -> list[PIL.Image.Image]:
         try:
+            check_text(prompt, "Prompt", "describe the image to generate.")
+            for value, label, minimum in ((steps, "Steps", 1), (guidance, "Guidance", 0), (count, "Images", 1)):
+                check_number(value, label, minimum)
             return self.pipe(
                 prompt,
                 height=int(height),
@@ -104,11 +151,11 @@ class OvisU1App:
                 callback_on_step_end=step_reporter(progress, int(steps)),
             ).images
         except ValueError as error:
-            raise user_error(error) from error
+            raise user_error(error, GENERATE_FIELDS) from None
 
     def edit(
         self,
-        image: PIL.Image.Image | None,
+        image: PIL.Image.Image | str | None,
         instruction: str,
         steps: float = 50,
         guidance: float = 6.0,
@@ -116,9 +163,14 @@ class OvisU1App:
         seed: float = 0,
         progress: Callable | None = None,
     ) -> PIL.Image.Image:
-        if image is None:
-            raise user_error(ValueError("Upload an image to edit."))
         try:
+            if image is None:
+                raise InputError("Image is missing: upload the image to edit.")
+            image = user_image(image).convert("RGB")
+            check_text(instruction, "Instruction", "describe the edit to make.")
+            checks = ((steps, "Steps", 1), (guidance, "Text guidance", 0), (image_guidance, "Image guidance", 0))
+            for value, label, minimum in checks:
+                check_number(value, label, minimum)
             return self.edit_pipe(
                 image,
                 instruction,
@@ -129,7 +181,7 @@ class OvisU1App:
                 callback_on_step_end=step_reporter(progress, int(steps)),
             ).images[0]
         except ValueError as error:
-            raise user_error(error) from error
+            raise user_error(error, EDIT_FIELDS) from None
 
 
 def step_reporter(progress: Callable | None, steps: int) -> Callable | None:
@@ -171,7 +223,7 @@ def build_app(pipe: OvisU1TextToImagePipeline, title: str = "Ovis-U1"):
                 with gr.Column():
                     chat_images = gr.Gallery(
                         label="Images (optional; several are numbered Image 1, Image 2, ...)",
-                        type="pil",
+                        type="filepath",  # checked like the command line's files, not decoded unchecked
                         file_types=["image"],
                         interactive=True,
                         columns=3,
@@ -210,7 +262,7 @@ def build_app(pipe: OvisU1TextToImagePipeline, title: str = "Ovis-U1"):
         with gr.Tab("Edit", id="edit", elem_id="edit-tab"):
             with gr.Row():
                 with gr.Column():
-                    source = gr.Image(label="Image", type="pil", image_mode="RGB", elem_id="edit-image")
+                    source = gr.Image(label="Image", type="filepath", image_mode=None, elem_id="edit-image")
                     instruction = gr.Textbox(label="Instruction", lines=2, elem_id="edit-instruction")
                     edit_steps = gr.Slider(1, 100, value=50, step=1, label="Steps")
                     with gr.Row():
@@ -234,10 +286,12 @@ def launch(
     host: str = "127.0.0.1",
     port: int = 7860,
     share: bool = False,
+    max_file_size: str | int | None = MAX_FILE_SIZE,
     **launch_kwargs,
 ):
     """Builds the app on a loaded pipeline and serves it at `http://host:port` (blocking unless
-    `prevent_thread_lock=True`); `share=True` also opens a public Gradio link. Returns the `gradio.Blocks`."""
+    `prevent_thread_lock=True`); `share=True` also opens a public Gradio link; uploads over `max_file_size` ("20MB",
+    or bytes) are refused. Returns the `gradio.Blocks`."""
     demo = build_app(pipe)
-    demo.launch(server_name=host, server_port=port, share=share, **launch_kwargs)
+    demo.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size, **launch_kwargs)
     return demo

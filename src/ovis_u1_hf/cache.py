@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .inputs import InputError, check_weights, check_writable_folder
+
 
 CACHE_ENV = "OVIS_U1_CACHE"
 PIPELINE, UNDERSTANDING = "pipeline", "understanding"
@@ -28,6 +30,10 @@ DEMO_HINT = "To try ovis-u1 without downloading anything, run `ovis-u1 demo` (a 
 class ModelUnavailableError(Exception):
     """The model named cannot be had: offline, no network, not on the Hub, not an Ovis-U1 model, or a released
     checkpoint that does not convert."""
+
+
+class UnsupportedModelError(ModelUnavailableError, InputError):
+    """The model named is not one this package loads: another model, or one that needs code of its own."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,14 @@ def cache_dir() -> Path:
     return Path(base) / "ovis-u1-hf"
 
 
+def check_cache_dir() -> Path:
+    """The cache folder, checked to be (or be creatable as) a writable folder before anything is written into it."""
+    folder = cache_dir()
+    where = f"${CACHE_ENV}" if os.environ.get(CACHE_ENV) else "the cache folder"
+    check_writable_folder(folder, f"{where} (set {CACHE_ENV} to change it):")
+    return folder
+
+
 def resolve_model(model: str, log=None) -> ResolvedModel:
     """
     The loadable form of `model`: a local folder or a Hub repo id. A released checkpoint is converted into
@@ -61,7 +75,7 @@ def resolve_model(model: str, log=None) -> ResolvedModel:
     if os.path.isdir(model):
         return _resolve_folder(Path(model), log)
     if model.startswith((".", "/", "~")) or model.count("/") > 1 or os.path.exists(model):
-        raise ModelUnavailableError(f"{model} is not a folder (nor a Hub repo id such as 'AIDC-AI/Ovis-U1-3B').")
+        raise UnsupportedModelError(f"{model} is not a folder (nor a Hub repo id such as 'AIDC-AI/Ovis-U1-3B').")
     return _resolve_hub(model, log)
 
 
@@ -73,20 +87,70 @@ def _is_pipeline(folder: Path) -> bool:
     return (folder / "model_index.json").is_file()
 
 
-def _layout_of_config(config: dict) -> str:
-    return "released" if "llm_config" in config else UNDERSTANDING
+def _our_class_names() -> set[str]:
+    import ovis_u1_hf
+
+    return set(ovis_u1_hf.__all__)
+
+
+def _remote_code_error(source: str, code: str, python: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"{source} needs code of its own ({code}), which ovis-u1 does not run. If you trust that code, load it in "
+        f"Python: {python}."
+    )
+
+
+def _check_pipeline_index(index: dict, source: str) -> None:
+    """A pipeline folder is ours: its pipeline and components are this package's or the libraries' classes. Others
+    would need `trust_remote_code`, which the command line does not pass."""
+    ours = _our_class_names()
+    pipeline = index.get("_class_name")
+    name = pipeline[-1] if isinstance(pipeline, list) else pipeline
+    python = f"DiffusionPipeline.from_pretrained({source!r}, trust_remote_code=True)"
+    if name not in ("OvisU1TextToImagePipeline", "OvisU1EditPipeline"):
+        if isinstance(pipeline, list) or index.get("custom_pipeline"):
+            raise _remote_code_error(source, f"the pipeline {name}", python)
+        raise UnsupportedModelError(f"{source} is a {name} folder, not an Ovis-U1 pipeline.")
+    for component, value in index.items():
+        if isinstance(value, list) and len(value) == 2 and value[1] is not None:
+            library, class_name = value
+            if library not in ("diffusers", "transformers") and class_name not in ours:
+                raise _remote_code_error(source, f"its {component} {library}.{class_name}", python)
+
+
+def _layout_of_config(config: dict, source: str = "The model") -> str:
+    """`"released"` or `"understanding"`, from a config.json; an error for what this package does not load."""
+    model_type = config.get("model_type")
+    if model_type == "ovis_u1":
+        if "llm_config" in config:
+            return "released"
+        if "OvisU1" in config.get("architectures", []):  # the released checkpoint's architecture name
+            raise UnsupportedModelError(
+                f"{source} is a released Ovis-U1 checkpoint whose config.json lacks llm_config: download it again."
+            )
+        return UNDERSTANDING
+    auto_map = config.get("auto_map")
+    if auto_map:
+        code = ", ".join(sorted({str(entry).split(".")[0] for entry in auto_map.values()}))
+        python = f"AutoModel.from_pretrained({source!r}, trust_remote_code=True)"
+        raise _remote_code_error(source, f"{code}.py, of model type {model_type!r}", python)
+    raise UnsupportedModelError(f"{source} is not an Ovis-U1 model (its model type is {model_type!r}).")
 
 
 def _resolve_folder(folder: Path, log) -> ResolvedModel:
     if _is_pipeline(folder):
+        _check_pipeline_index(_read_json(folder / "model_index.json"), str(folder))
+        check_weights(folder)
         return ResolvedModel(str(folder), PIPELINE)
     config = folder / "config.json"
     if not config.is_file():
-        raise ModelUnavailableError(
+        raise UnsupportedModelError(
             f"{folder} holds neither model_index.json (a pipeline folder) nor config.json (an understanding model or "
             "a released checkpoint)."
         )
-    if _layout_of_config(_read_json(config)) == UNDERSTANDING:
+    layout = _layout_of_config(_read_json(config), str(folder))
+    check_weights(folder)
+    if layout == UNDERSTANDING:
         return ResolvedModel(str(folder), UNDERSTANDING)
     # Keyed by the folder and its files' sizes and times: a changed checkpoint is converted anew.
     stamp = [str(folder.resolve())]
@@ -112,7 +176,7 @@ def _cached_hub_layout(repo_id: str) -> str | None:
     if isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str):
         return PIPELINE
     config = try_to_load_from_cache(repo_id, "config.json")
-    return _layout_of_config(_read_json(Path(config))) if isinstance(config, str) else None
+    return _layout_of_config(_read_json(Path(config)), repo_id) if isinstance(config, str) else None
 
 
 def _remote_hub_layout(repo_id: str) -> str:
@@ -125,7 +189,7 @@ def _remote_hub_layout(repo_id: str) -> str:
             return PIPELINE
         if "config.json" not in files:
             raise ModelUnavailableError(f"{repo_id} on the Hub has no model_index.json nor config.json.")
-        return _layout_of_config(_read_json(Path(hf_hub_download(repo_id, "config.json"))))
+        return _layout_of_config(_read_json(Path(hf_hub_download(repo_id, "config.json"))), repo_id)
     except ModelUnavailableError:
         raise
     except OfflineModeIsEnabled:
@@ -143,6 +207,7 @@ def _convert_once(source: str, name: str, log) -> ResolvedModel:
     output = cache_dir() / "converted" / name
     if _is_pipeline(output):
         return ResolvedModel(str(output), PIPELINE)
+    check_cache_dir()
     log(f"{source} is a released checkpoint: converting it once into {output} (later runs use that folder).")
     try:
         report = convert(output, source, force=True)  # force: replaces a leftover without model_index.json
@@ -165,4 +230,12 @@ def _read_json(path: Path) -> dict:
         raise ModelUnavailableError(f"Cannot read {path}: {error}") from None
 
 
-__all__ = ["CACHE_ENV", "ModelUnavailableError", "ResolvedModel", "cache_dir", "resolve_model"]
+__all__ = [
+    "CACHE_ENV",
+    "ModelUnavailableError",
+    "ResolvedModel",
+    "UnsupportedModelError",
+    "cache_dir",
+    "check_cache_dir",
+    "resolve_model",
+]

@@ -1,46 +1,48 @@
 # Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
-"""`ovis-u1` command line: chat about images, generate and edit images, convert the released checkpoint, run the
-demo."""
+"""
+The `ovis-u1` commands, run on parsed arguments (`ovis_u1_cli` parses them). Each command checks everything the user
+typed before it loads a model, and loads before it computes.
+"""
 
-import argparse
-import sys
+import socket
 
-from . import DEFAULT_MODEL_ID
-from .cache import PIPELINE, ModelUnavailableError, resolve_model
+from ovis_u1_cli import build_parser, main
 
-
-DTYPES = {"auto": None, "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL_ID,
-        help="Hub id or folder: the released checkpoint (converted once into the cache) or a converted one",
-    )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="bfloat16 on GPU, float32 on CPU by default")
-    parser.add_argument("--offload", action="store_true", help="keep models on the CPU until they run (GPU only)")
-    parser.add_argument("--attn", choices=["eager", "sdpa", "flash_attention_2"], default=None)
+from .cache import PIPELINE, check_cache_dir, resolve_model
+from .inputs import (
+    InputError,
+    check_attention,
+    check_device,
+    check_text,
+    check_writable_folder,
+    open_image,
+    output_paths,
+    save_image_atomically,
+)
 
 
 def resolve_device_and_dtype(args):
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES[args.dtype] or ("bfloat16" if device.startswith("cuda") else "float32")
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), args.offload)
+    check_attention(args.attn)
+    dtype = None if args.dtype == "auto" else args.dtype
+    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     return device, getattr(torch, dtype)
 
 
-def load_pipeline(args, pipeline_class):
-    device, dtype = resolve_device_and_dtype(args)
+def resolve_pipeline_folder(args) -> str:
     model = resolve_model(args.model)
     if model.layout != PIPELINE:
-        raise ModelUnavailableError(
+        raise InputError(
             f"{args.model} holds the understanding model only; `ovis-u1 {args.command}` needs a pipeline folder "
             "(`ovis-u1 convert` writes one)."
         )
-    pipe = pipeline_class.from_pretrained(model.path, dtype=dtype)
+    return model.path
+
+
+def load_pipeline(args, pipeline_class, device, dtype, path):
+    pipe = pipeline_class.from_pretrained(path, dtype=dtype)
     if args.attn is not None:
         pipe.text_encoder.set_attn_implementation(args.attn)
     if args.offload:
@@ -51,11 +53,12 @@ def load_pipeline(args, pipeline_class):
 
 
 def chat(args) -> None:
-    from PIL import Image
     from transformers import AutoModel, AutoProcessor
 
     from .chat import stream_answer
 
+    check_text(args.question, "The question", "type what to ask.")
+    images = [open_image(path, f"--image {path}") for path in args.image]
     device, dtype = resolve_device_and_dtype(args)
     resolved = resolve_model(args.model)
     # A pipeline folder holds the understanding model and its processor in subfolders; an understanding folder, at its
@@ -66,7 +69,6 @@ def chat(args) -> None:
     model.to(device).eval()
     processor = AutoProcessor.from_pretrained(resolved.path, subfolder="processor" if in_subfolders else "")
 
-    images = [Image.open(path) for path in args.image]
     answer = stream_answer(
         model, processor, args.question, images, max_new_tokens=args.max_new_tokens, think=args.think, device=device
     )
@@ -80,7 +82,10 @@ def generate(args) -> None:
 
     from .pipelines import OvisU1TextToImagePipeline
 
-    pipe = load_pipeline(args, OvisU1TextToImagePipeline)
+    check_text(args.prompt, "The prompt", "describe the image to generate.")
+    paths = output_paths(args.output, args.count)
+    device, dtype = resolve_device_and_dtype(args)
+    pipe = load_pipeline(args, OvisU1TextToImagePipeline, device, dtype, resolve_pipeline_folder(args))
     images = pipe(
         args.prompt,
         height=args.height,
@@ -90,18 +95,21 @@ def generate(args) -> None:
         num_images_per_prompt=args.count,
         generator=torch.Generator().manual_seed(args.seed),
     ).images
-    save_images(images, args.output)
+    save_images(images, paths)
 
 
 def edit(args) -> None:
     import torch
-    from PIL import Image
 
     from .pipelines import OvisU1EditPipeline
 
-    pipe = load_pipeline(args, OvisU1EditPipeline)
+    image = open_image(args.image, f"The image {args.image}")
+    check_text(args.instruction, "The instruction", "describe the edit to make.")
+    paths = output_paths(args.output, args.count)
+    device, dtype = resolve_device_and_dtype(args)
+    pipe = load_pipeline(args, OvisU1EditPipeline, device, dtype, resolve_pipeline_folder(args))
     images = pipe(
-        Image.open(args.image),
+        image,
         args.instruction,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
@@ -109,43 +117,52 @@ def edit(args) -> None:
         num_images_per_prompt=args.count,
         generator=torch.Generator().manual_seed(args.seed),
     ).images
-    save_images(images, args.output)
+    save_images(images, paths)
 
 
-def save_images(images, output: str) -> None:
-    stem, dot, suffix = output.rpartition(".")
-    stem, suffix = (stem, suffix) if dot else (output, "png")
-    for index, image in enumerate(images):
-        path = f"{stem}.{suffix}" if len(images) == 1 else f"{stem}-{index}.{suffix}"
-        image.save(path)
+def save_images(images, paths) -> None:
+    for image, path in zip(images, paths, strict=True):
+        save_image_atomically(image, path)
         print(path)
 
 
 def demo(args) -> None:
+    check_writable_folder(args.output, "--output")
+    check_cache_dir()
     from .demo import run_demo
 
     run_demo(args.output, rebuild=args.rebuild)
 
 
 def convert(args) -> None:
-    from .conversion import ConversionError, convert as convert_checkpoint
+    from .conversion import convert as convert_checkpoint
 
-    try:
-        report = convert_checkpoint(
-            args.output,
-            args.source,
-            format=args.format,
-            dtype=args.dtype,
-            max_shard_size=args.max_shard_size,
-            force=args.force,
-            verify=args.verify,
-            push_to_hub=args.push_to_hub,
-            private=args.private,
-            revision=args.revision,
-        )
-    except ConversionError as error:
-        raise SystemExit(f"ovis-u1 convert: error: {error}") from None
+    report = convert_checkpoint(
+        args.output,
+        args.source,
+        format=args.format,
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        force=args.force,
+        verify=args.verify,
+        push_to_hub=args.push_to_hub,
+        private=args.private,
+        revision=args.revision,
+    )
     print(report.summary(verbose=args.verbose))
+
+
+def check_port_free(host: str, port: int) -> None:
+    """The server can listen on `host:port` (as uvicorn binds it, address reuse on)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as error:
+        raise InputError(
+            f"cannot listen on {host}:{port} ({error.strerror or error}): another program uses the port, or the "
+            "address is not this machine's; choose another --port or --host."
+        ) from None
 
 
 def app(args) -> None:
@@ -155,104 +172,15 @@ def app(args) -> None:
     try:
         import_gradio()  # before loading the model
     except ImportError as error:
-        raise SystemExit(f"ovis-u1 app: error: {error}") from None
-    launch(load_pipeline(args, OvisU1TextToImagePipeline), host=args.host, port=args.port, share=args.share)
+        raise InputError(str(error)) from None
+    check_port_free(args.host, args.port)
+    device, dtype = resolve_device_and_dtype(args)
+    pipe = load_pipeline(args, OvisU1TextToImagePipeline, device, dtype, resolve_pipeline_folder(args))
+    launch(pipe, host=args.host, port=args.port, share=args.share, max_file_size=args.max_file_size)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ovis-u1", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    chat_parser = commands.add_parser("chat", help="ask about images; the answer streams")
-    chat_parser.add_argument("question")
-    chat_parser.add_argument("--image", action="append", default=[], help="an image (repeat for several)")
-    chat_parser.add_argument("--max-new-tokens", type=int, default=1024)
-    chat_parser.add_argument("--think", action="store_true", help="let the model think before answering")
-    add_common_arguments(chat_parser)
-    chat_parser.set_defaults(func=chat)
-
-    generate_parser = commands.add_parser("generate", help="generate an image from text")
-    generate_parser.add_argument("prompt")
-    generate_parser.add_argument("--output", default="image.png")
-    generate_parser.add_argument("--height", type=int, default=1024)
-    generate_parser.add_argument("--width", type=int, default=1024)
-    generate_parser.add_argument("--steps", type=int, default=50)
-    generate_parser.add_argument("--guidance", type=float, default=5.0)
-    generate_parser.add_argument("--seed", type=int, default=0)
-    generate_parser.add_argument("--count", type=int, default=1)
-    add_common_arguments(generate_parser)
-    generate_parser.set_defaults(func=generate)
-
-    edit_parser = commands.add_parser("edit", help="edit an image following an instruction")
-    edit_parser.add_argument("image")
-    edit_parser.add_argument("instruction")
-    edit_parser.add_argument("--output", default="edited.png")
-    edit_parser.add_argument("--steps", type=int, default=50)
-    edit_parser.add_argument("--guidance", type=float, default=6.0, help="text guidance")
-    edit_parser.add_argument("--image-guidance", type=float, default=1.5)
-    edit_parser.add_argument("--seed", type=int, default=0)
-    edit_parser.add_argument("--count", type=int, default=1)
-    add_common_arguments(edit_parser)
-    edit_parser.set_defaults(func=edit)
-
-    convert_parser = commands.add_parser(
-        "convert", help="convert the released checkpoint into a Hub-ready diffusers (or transformers) folder"
-    )
-    convert_parser.add_argument("output", help="folder to write (must not exist unless --force)")
-    convert_parser.add_argument(
-        "--source", default=DEFAULT_MODEL_ID, help="released checkpoint: a local folder or a Hub repo id"
-    )
-    convert_parser.add_argument("--revision", default=None, help="revision of a Hub --source")
-    convert_parser.add_argument(
-        "--format",
-        choices=["diffusers", "transformers"],
-        default="diffusers",
-        help="diffusers: the whole pipeline folder; transformers: the understanding model and processor only",
-    )
-    convert_parser.add_argument(
-        "--dtype", choices=["keep", "bfloat16", "float16", "float32"], default="keep", help="weights dtype"
-    )
-    convert_parser.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB")
-    convert_parser.add_argument("--force", action="store_true", help="replace an existing output folder")
-    convert_parser.add_argument(
-        "--no-verify",
-        dest="verify",
-        action="store_false",
-        help="skip reloading the output and comparing it with the released weights on a synthetic input",
-    )
-    convert_parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the folder there")
-    convert_parser.add_argument("--private", action="store_true", help="create the --push-to-hub repo private")
-    convert_parser.add_argument("--verbose", action="store_true", help="list the config fields the conversion ignores")
-    convert_parser.set_defaults(func=convert)
-
-    demo_parser = commands.add_parser(
-        "demo",
-        help="run chat, text-to-image and edit on a small RANDOM model built offline (outputs are noise)",
-        description="Builds (once, into the cache) a small checkpoint with random weights in the released layout, "
-        "converts it, and runs the three tasks on it: everything works offline in well under a minute on a CPU. "
-        "The weights are random, so the answer and the images are noise.",
-    )
-    demo_parser.add_argument("--output", default="ovis-u1-demo", help="folder for the images and report.md")
-    demo_parser.add_argument("--rebuild", action="store_true", help="build the cached demo checkpoint anew")
-    demo_parser.set_defaults(func=demo)
-
-    app_parser = commands.add_parser("app", help="serve the Gradio app (chat, generate, edit) in the browser")
-    app_parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for the network")
-    app_parser.add_argument("--port", type=int, default=7860)
-    app_parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    add_common_arguments(app_parser)
-    app_parser.set_defaults(func=app)
-    return parser
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except ModelUnavailableError as error:  # offline, not found, not an Ovis-U1 model: a message, not a traceback
-        raise SystemExit(f"ovis-u1 {args.command}: error: {error}") from None
-    return 0
+__all__ = ["build_parser", "main"]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
