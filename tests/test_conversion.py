@@ -1,6 +1,7 @@
 """Conversion of released-layout checkpoints: converted outputs against plain computations on the RELEASED tensors."""
 
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -653,6 +654,57 @@ def test_unknown_config_fields_are_reported(tmp_path, caplog):
     assert "new_knob" in caplog.text
 
 
+def test_fields_that_transformers_4_wrote_convert_without_warnings(tmp_path, caplog, recwarn):
+    """The fields a config.json saved by transformers 4.51 carries in the non-LLM sections are known: no warning."""
+
+    def mutate(config, tensors):
+        config["disable_tie_weight"] = False  # the untied case consults it too
+        config["tie_word_embeddings"] = True
+        config["visual_generator_config"].update(checkpoint="yak_checkpoint.pth", tie_word_embeddings=True)
+        tokenizer = config["visual_tokenizer_config"]
+        tokenizer.update(backbone_kwargs={"hidden_stride": 2}, image_processor_new_kwargs={}, tie_word_embeddings=True)
+        tokenizer["backbone_config"]["tie_word_embeddings"] = True
+
+    source = released_with(tmp_path, mutate, tied=False)
+    caplog.set_level(logging.WARNING)
+    report = convert(tmp_path / "out", source, format="transformers", verify=False)
+    assert report.unknown_config_fields == []
+    assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
+    assert [str(warning.message) for warning in recwarn] == []
+    ignored = "\n".join(report.ignored_config_fields)
+    assert "visual_generator_config.checkpoint='yak_checkpoint.pth'" in ignored
+    assert "visual_tokenizer_config.backbone_kwargs={'hidden_stride': 2}" in ignored
+    assert "lm_head.weight" in safe_open(tmp_path / "out" / "model.safetensors", "pt").keys()  # untied: own head
+
+    def contradicting(config, tensors):
+        config["visual_tokenizer_config"]["backbone_kwargs"] = {"hidden_stride": 4}
+
+    with pytest.raises(ConversionError, match=r"backbone_kwargs.hidden_stride=4 contradicts backbone_config"):
+        convert(tmp_path / "bad", released_with(tmp_path / "contradicting", contradicting), verify=False)
+
+
+def test_model_card_says_where_the_weights_come_from(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from ovis_u1_hf.conversion.model_card import model_card
+
+    random = ModelCard(model_card("diffusers", None, str(tmp_path), True, random_weights=True))
+    assert "RANDOM, not a trained model" in random.text and "released weights" not in random.text
+    assert random.data.base_model is None and random.data.library_name == "diffusers"
+    local = ModelCard(model_card("transformers", "me/x", str(tmp_path), True))
+    assert f"local checkpoint folder in the released layout (`{tmp_path.name}`)" in local.text
+    assert local.data.base_model is None and local.data.pipeline_tag == "image-text-to-text"
+    hub = ModelCard(model_card("diffusers", "me/x", "AIDC-AI/Ovis-U1-3B", True))
+    assert "The released weights of [`AIDC-AI/Ovis-U1-3B`]" in hub.text and hub.data.base_model == "AIDC-AI/Ovis-U1-3B"
+    for card in (random, local, hub):
+        assert "pip install -e ." in card.text and "pip install ovis-u1-hf" not in card.text
+    assert 'OvisU1TextToImagePipeline.from_pretrained("me/x"' in hub.text
+
+    # A conversion of a checkpoint that `released_layout` built (as `ovis-u1 demo` does) says that it is random.
+    convert(tmp_path / "out", released_with(tmp_path), format="transformers", verify=False)
+    assert "RANDOM, not a trained model" in (tmp_path / "out" / "README.md").read_text()
+
+
 # ---------------------------------------------------------------- CLI, streaming, Hub upload ---------------------
 
 
@@ -660,7 +712,13 @@ def test_cli_streams_small_shards_in_the_requested_dtype(tmp_path, capsys):
     source = released_with(tmp_path)
     out = tmp_path / "out"
     cli_main(["convert", str(out), "--source", str(source), "--max-shard-size", "30KB", "--dtype", "bfloat16"])
-    assert "verified against the released weights" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "verified against the released weights" in captured.out
+    # One bar per phase, each run to its end; no empty bars from the libraries' own saving code.
+    final = {line.split(":")[0]: line for line in captured.err.replace("\r", "\n").splitlines() if "100%" in line}
+    assert set(final) == {"Writing converted weights", "Verifying against the released weights"}, captured.err
+    assert "342/342" in final["Verifying against the released weights"]
+    assert "0it" not in captured.err and "Writing model shards" not in captured.err
     index = json.loads((out / "transformer" / "diffusion_pytorch_model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 3 and shards[0] == f"diffusion_pytorch_model-00001-of-{len(shards):05d}.safetensors"
@@ -808,6 +866,7 @@ def test_hub_source_downloads_weights_and_configs_only(tmp_path, monkeypatch):
     import huggingface_hub
 
     source = released_with(tmp_path)
+    (source / "RANDOM_WEIGHTS.txt").unlink()  # as in the released checkpoint
     calls = []
 
     def snapshot_download(repo_id, **kwargs):

@@ -184,7 +184,8 @@ def convert(
             processor.save_pretrained(staging)
             folders = {TEXT_ENCODER: staging}
         _write_weights(checkpoint, plan, translated, folders, shard_size, out_dtype, report)
-        card = model_card(format, push_to_hub, str(source), translated.scheduler["use_dynamic_shifting"])
+        shift = translated.scheduler["use_dynamic_shifting"]
+        card = model_card(format, push_to_hub, str(source), shift, random_weights=checkpoint.random_weights)
         (staging / "README.md").write_text(card, encoding="utf-8")
         if verify:
             from .verify import verify_conversion

@@ -22,6 +22,8 @@ from tokenizers.trainers import BpeTrainer
 from transformers import Qwen2Tokenizer
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+from .source import RANDOM_WEIGHTS_MARKER
+
 
 SPECIAL_TOKENS = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
 THINK_TOKENS = ["<think>", "</think>"]
@@ -494,6 +496,9 @@ def write_released(
     }
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     (folder / "modeling_ovis_u1.py").write_text('raise RuntimeError("the released remote code must never run")\n')
+    (folder / RANDOM_WEIGHTS_MARKER).write_text(
+        "Random weights in the layout of the released AIDC-AI/Ovis-U1-3B, built by ovis_u1_hf: not a trained model.\n"
+    )
     return Released(folder, config, tensors)
 
 
