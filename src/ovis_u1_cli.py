@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-verify",
         dest="verify",
         action="store_false",
-        help="skip reloading the output and comparing it with the released weights on a synthetic input",
+        help="skip comparing every written tensor (and the saved configs) with the released weights",
     )
     convert.add_argument(
         "--push-to-hub", metavar="REPO_ID", default=None, help="upload the folder there (default: no upload)"

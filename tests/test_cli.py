@@ -1,6 +1,7 @@
 """The `ovis-u1` command line on a tiny saved pipeline folder; what `--model` may name."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -136,10 +137,13 @@ def test_the_released_hub_checkpoint_is_converted_once_then_used_offline(release
 
     from ovis_u1_hf import cache as cache_module
 
-    files = [SimpleNamespace(rfilename=p.name) for p in released_folder.iterdir()]
+    # The released checkpoint carries no marker of random weights.
+    files = [SimpleNamespace(rfilename=p.name) for p in released_folder.iterdir() if p.name != "RANDOM_WEIGHTS.txt"]
     monkeypatch.setattr(HfApi, "model_info", lambda self, repo_id, **kwargs: SimpleNamespace(siblings=files))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, name, **kw: str(released_folder / name))
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: str(released_folder))
+    snapshot = released_folder.parent / "snapshot"
+    shutil.copytree(released_folder, snapshot, ignore=shutil.ignore_patterns("RANDOM_WEIGHTS.txt"), dirs_exist_ok=True)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: str(snapshot))
     resolved = cache_module.resolve_model("AIDC-AI/Ovis-U1-3B")
     assert resolved == cache_module.ResolvedModel(str(cache / "converted" / "AIDC-AI--Ovis-U1-3B"), "pipeline")
     assert "converting it once" in capsys.readouterr().err

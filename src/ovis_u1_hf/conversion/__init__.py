@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from huggingface_hub.errors import StrictDataclassError
+from huggingface_hub.utils import tqdm
 from transformers import AutoTokenizer, GenerationConfig, Qwen3Config
 
 from .. import DEFAULT_MODEL_ID
@@ -83,8 +84,9 @@ class ConversionReport:
         lines += [f"  note: {note}" for note in self.notes]
         lines.append(f"  largest weight buffer held in memory: {self.peak_buffered_bytes / 2**20:.1f} MiB")
         if self.max_errors is not None:
-            errors = ", ".join(f"{name} {error:.3g}" for name, error in self.max_errors.items())
-            lines.append(f"  verified against the released weights, max abs error: {errors}")
+            lines.append(
+                f"  verified against the released weights, tensor by tensor: {', '.join(self.max_errors)} bit-exact"
+            )
         if self.repo_url:
             lines.append(f"  pushed to {self.repo_url}")
         return "\n".join(lines)
@@ -118,8 +120,9 @@ def convert(
         dtype: `"keep"` (each tensor as released), `"bfloat16"`, `"float16"` or `"float32"`.
         max_shard_size: Largest output safetensors shard, e.g. `"5GB"`.
         force: Replace an existing `output_dir`.
-        verify: Reload the output and check, on a small synthetic input, that it computes what the released weights
-            compute (understanding logits, one transformer step, one VAE decode).
+        verify: Check the output against the released weights: each component's saved config must describe exactly
+            the saved tensors, and every saved tensor must equal (bit for bit) the released one it comes from. Read
+            lazily, one tensor at a time, so verifying takes no more memory than writing.
         push_to_hub: A repo id to upload the folder to (created if needed; token from `token` or the environment).
         private: Create the repo private.
         revision, cache_dir, token: For downloading `source` from the Hub.
@@ -181,12 +184,14 @@ def convert(
             processor.save_pretrained(staging)
             folders = {TEXT_ENCODER: staging}
         _write_weights(checkpoint, plan, translated, folders, shard_size, out_dtype, report)
-        card = model_card(format, push_to_hub, str(source), translated.scheduler["use_dynamic_shifting"])
+        shift = translated.scheduler["use_dynamic_shifting"]
+        card = model_card(format, push_to_hub, str(source), shift, random_weights=checkpoint.random_weights)
         (staging / "README.md").write_text(card, encoding="utf-8")
         if verify:
             from .verify import verify_conversion
 
-            report.max_errors = verify_conversion(staging, checkpoint, plan, translated, format, dtypes)
+            processor_folder = staging / "processor" if format == "diffusers" else staging
+            report.max_errors = verify_conversion(folders, checkpoint, plan, translated, out_dtype, processor_folder)
         _replace(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -292,15 +297,21 @@ def _expected_shapes(model, translated: TranslatedConfig) -> dict[str, tuple[int
 
 def _write_weights(checkpoint, plan: Plan, translated, folders: dict, shard_size, out_dtype, report) -> None:
     names = {TEXT_ENCODER: TRANSFORMERS_WEIGHTS, TRANSFORMER: DIFFUSERS_WEIGHTS, VAE: DIFFUSERS_WEIGHTS}
-    with checkpoint.open() as reader:
+    sources = [checkpoint.tensors[mapping.source] for component in folders for mapping in plan.by_component[component]]
+    total = sum(torch.Size(info.shape).numel() * info.dtype.itemsize for info in sources)
+    bar = tqdm(total=total, desc="Writing converted weights", unit="B", unit_scale=True, unit_divisor=1024)
+    with checkpoint.open() as reader, bar:
         for component, folder in folders.items():
             writer = ShardedSafetensorsWriter(folder, names[component], shard_size, out_dtype)
             count = 0
             for mapping in plan.by_component[component]:
-                tensors = relayout(mapping, reader.get(mapping.source), translated.decoder_width)
+                source = reader.get(mapping.source)
+                tensors = relayout(mapping, source, translated.decoder_width)
                 for target, tensor in zip(mapping.targets, tensors, strict=True):
                     writer.add(target, tensor)
                     count += 1
+                bar.update(source.numel() * source.element_size())
+                del source, tensors
             writer.close()
             report.tensors_written[component] = count
             report.peak_buffered_bytes = max(report.peak_buffered_bytes, writer.peak_buffered_bytes)

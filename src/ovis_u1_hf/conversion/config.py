@@ -50,6 +50,9 @@ NUM_TRAIN_TIMESTEPS = 1000
 BASE_IMAGE_SEQ_LEN = 256
 MAX_IMAGE_SEQ_LEN = 4096
 
+# transformers 4.x wrote `tie_word_embeddings` into every sub-config; only llm_config's decides the head tie.
+NOT_THE_HEAD_TIE = "a generic field of every 4.x config; the head tie comes from llm_config (and disable_tie_weight)"
+
 _REQUIRED = object()
 
 
@@ -140,7 +143,8 @@ def _text_config(llm: dict, report: ConfigReport) -> dict:
 def _vision_config(tokenizer: dict, report: ConfigReport) -> dict:
     section = _Section(tokenizer, "visual_tokenizer_config", report)
     section.expect("model_type", VISUAL_TOKENIZER_TYPES)
-    backbone = _Section(section.take("backbone_config"), "visual_tokenizer_config.backbone_config", report)
+    raw_backbone = section.take("backbone_config")
+    backbone = _Section(raw_backbone, "visual_tokenizer_config.backbone_config", report)
     backbone.expect("model_type", BACKBONE_TYPES)
 
     # The encoder's structure comes from backbone_config; the visual tokenizer's copies are not used by the released
@@ -171,7 +175,22 @@ def _vision_config(tokenizer: dict, report: ConfigReport) -> dict:
         "min_pixels", "max_pixels", reason="the image processor's limits come from preprocessor_config.json"
     )
     backbone.ignore("attention_dropout", "projection_dropout", reason="dropout does not exist at inference")
+    backbone.ignore("tie_word_embeddings", reason=NOT_THE_HEAD_TIE)
     backbone.finish()
+
+    # The released config class merges backbone_kwargs into backbone_config when it is built, so the saved
+    # backbone_config already holds them; a value that disagrees would make the two descriptions contradict.
+    backbone_kwargs = section.take("backbone_kwargs", None)
+    for name, value in (backbone_kwargs or {}).items():
+        if name in raw_backbone and raw_backbone[name] != value:
+            raise ConversionError(
+                f"visual_tokenizer_config.backbone_kwargs.{name}={value!r} contradicts "
+                f"backbone_config.{name}={raw_backbone[name]!r}."
+            )
+    if backbone_kwargs is not None:
+        report.ignored.append(
+            f"visual_tokenizer_config.backbone_kwargs={backbone_kwargs!r}: merged into backbone_config when saved"
+        )
 
     depths = _parse_indexes(section.take("depths", None))
     if depths is not None and sum(depths) != vision["num_hidden_layers"]:
@@ -198,6 +217,10 @@ def _vision_config(tokenizer: dict, report: ConfigReport) -> dict:
         reason="copy of a backbone_config field, unused when the released model loads (backbone_config wins)",
     )
     section.ignore("drop_cls_token", reason="ignored by the released model")
+    section.ignore(
+        "image_processor_new_kwargs", reason="the image processor's settings come from preprocessor_config.json"
+    )
+    section.ignore("tie_word_embeddings", reason=NOT_THE_HEAD_TIE)
     section.ignore("use_indicators", reason="the released model always reserves 4 indicator rows")
     section.finish()
     return vision
@@ -251,6 +274,10 @@ def _generator_config(generator: dict, report: ConfigReport) -> tuple[dict, dict
         "time_shift_type": "exponential",
     }
     vae = _vae_config(section.take("vae_config"), report)
+    section.ignore(
+        "checkpoint", reason="where the released code loaded the generator from; the weights come from the safetensors"
+    )
+    section.ignore("tie_word_embeddings", reason=NOT_THE_HEAD_TIE)
     section.finish()
     return transformer, scheduler, vae
 
@@ -305,6 +332,7 @@ def translate_config(config: dict, preprocessor_config: dict | None) -> Translat
             f"config.conversation_formatter_class is {formatter!r}; the processor's chat template implements "
             "Qwen3ConversationFormatter only."
         )
+    top.ignore("tie_word_embeddings", reason=NOT_THE_HEAD_TIE)
     top.ignore(
         "llm_attn_implementation",
         reason="the attention backend is chosen when loading (eager, sdpa or flash_attention_2), never forced",
@@ -315,8 +343,10 @@ def translate_config(config: dict, preprocessor_config: dict | None) -> Translat
         raise ConversionError(
             f"config.hidden_size={hidden_size} differs from llm_config.hidden_size={text.get('hidden_size')}."
         )
-    # The released model ties its head to the embeddings when the LLM says so, unless `disable_tie_weight`.
-    tie = bool(text.get("tie_word_embeddings", True)) and not top.take("disable_tie_weight", False)
+    # The released model ties its head to the embeddings when the LLM says so, unless `disable_tie_weight`. The field is
+    # consumed before the test, which would otherwise skip it (and report it unknown) for an untied LLM.
+    disable_tie = top.take("disable_tie_weight", False)
+    tie = bool(text.get("tie_word_embeddings", True)) and not disable_tie
     text["tie_word_embeddings"] = tie
     vision = _vision_config(top.take("visual_tokenizer_config"), report)
     transformer, scheduler, vae = _generator_config(top.take("visual_generator_config"), report)

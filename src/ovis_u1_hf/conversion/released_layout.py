@@ -22,6 +22,8 @@ from tokenizers.trainers import BpeTrainer
 from transformers import Qwen2Tokenizer
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+from .source import RANDOM_WEIGHTS_MARKER
+
 
 SPECIAL_TOKENS = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
 THINK_TOKENS = ["<think>", "</think>"]
@@ -147,10 +149,14 @@ def released_config(
     timestep_shift=True,
     llm_layers=2,
     vision_layers=3,
+    decoder_depth=1,
+    decoder_single_depth=1,
+    released_widths=False,
 ) -> dict:
     """The released `config.json` at the tiny sizes above; the keyword arguments set the switches it has (tied
     embeddings, vision position embedding and biases, full-attention blocks, decoder biases, guidance embedding,
-    timestep shift) and the depths of the language model and the vision encoder."""
+    timestep shift), the depths of the language model, the vision encoder and the decoder (double and single blocks),
+    and with `released_widths` every width, vocabulary and VAE size of the released model (depths stay as given)."""
     llm_config = {
         **GENERIC_4X,
         "architectures": ["Qwen3ForCausalLM"],
@@ -238,8 +244,8 @@ def released_config(
         "hidden_size": DECODER_WIDTH,
         "mlp_ratio": 4.0,
         "num_heads": DECODER_HEADS,
-        "depth": 1,
-        "depth_single_blocks": 1,
+        "depth": decoder_depth,
+        "depth_single_blocks": decoder_single_depth,
         "axes_dim": [4, 6, 6],
         "theta": 10000,
         "qkv_bias": generator_qkv_bias,
@@ -250,7 +256,7 @@ def released_config(
         "max_shift": 1.15,
         "vae_config": dict(VAE_CONFIG),
     }
-    return {
+    config = {
         "architectures": ["OvisU1"],
         "auto_map": {
             "AutoConfig": "configuration_ovis_u1.OvisU1Config",
@@ -268,6 +274,24 @@ def released_config(
         "visual_generator_config": generator,
         "visual_tokenizer_config": visual_tokenizer,
     }
+    if released_widths:
+        _use_released_widths(config)
+    return config
+
+
+def _use_released_widths(config: dict) -> None:
+    """The released model's widths, vocabularies and VAE (the released `AIDC-AI/Ovis-U1-3B` sizes)."""
+    config["hidden_size"] = 2048
+    config["llm_config"].update(
+        hidden_size=2048, intermediate_size=6144, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+        vocab_size=151936,
+    )  # fmt: skip
+    config["visual_tokenizer_config"]["vocab_size"] = 32768
+    backbone = config["visual_tokenizer_config"]["backbone_config"]
+    backbone.update(hidden_size=1024, intermediate_size=2816, num_attention_heads=8, image_size=448, window_size=112)
+    generator = config["visual_generator_config"]
+    generator.update(hidden_size=1536, num_heads=12, axes_dim=[16, 56, 56], context_in_dim=4096, vec_in_dim=1536)
+    generator["vae_config"].update(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32)
 
 
 def released_shapes(config: dict) -> dict[str, tuple[int, ...]]:
@@ -472,6 +496,9 @@ def write_released(
     }
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     (folder / "modeling_ovis_u1.py").write_text('raise RuntimeError("the released remote code must never run")\n')
+    (folder / RANDOM_WEIGHTS_MARKER).write_text(
+        "Random weights in the layout of the released AIDC-AI/Ovis-U1-3B, built by ovis_u1_hf: not a trained model.\n"
+    )
     return Released(folder, config, tensors)
 
 

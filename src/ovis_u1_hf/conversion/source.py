@@ -14,6 +14,8 @@ from safetensors import safe_open
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+# Written beside the random checkpoints that `released_layout` builds, so that a conversion of one says so.
+RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.txt"
 # Everything the conversion reads; the released remote code (*.py) and any pickled weights are left alone.
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]
 
@@ -72,6 +74,7 @@ class ReleasedCheckpoint:
         self.config = self._read_json("config.json")
         preprocessor = self.folder / "preprocessor_config.json"
         self.preprocessor_config = self._read_json("preprocessor_config.json") if preprocessor.is_file() else None
+        self.random_weights = (self.folder / RANDOM_WEIGHTS_MARKER).is_file()
         self.files = self._weight_files()
         self.tensors = self._scan()
 

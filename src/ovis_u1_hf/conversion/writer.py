@@ -10,6 +10,7 @@ import torch
 from diffusers import ModelMixin
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
+from transformers.utils import logging as transformers_logging
 
 
 TRANSFORMERS_WEIGHTS = "model.safetensors"
@@ -105,7 +106,14 @@ def save_without_weights(component, folder: str | os.PathLike) -> None:
     folder = Path(folder)
     if isinstance(component, PreTrainedModel):
         # An empty state dict makes transformers write everything but tensors: an empty weights file, removed here.
-        component.save_pretrained(folder, state_dict={})
+        # Its shard-writing progress bar would show an empty "0it" bar beside the converter's own: silenced.
+        shown = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()
+        try:
+            component.save_pretrained(folder, state_dict={})
+        finally:
+            if shown:
+                transformers_logging.enable_progress_bar()
         (folder / TRANSFORMERS_WEIGHTS).unlink(missing_ok=True)
     elif isinstance(component, ModelMixin):
         component.save_config(folder)  # all that ModelMixin.save_pretrained writes besides the weights
