@@ -9,6 +9,10 @@ from . import DEFAULT_MODEL_ID
 from .cache import PIPELINE, ModelUnavailableError, resolve_model
 
 
+class UsageError(ValueError):
+    """A bad argument, reported before anything is loaded."""
+
+
 DTYPES = {"auto": None, "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
@@ -80,6 +84,11 @@ def generate(args) -> None:
 
     from .pipelines import OvisU1TextToImagePipeline
 
+    from .pipelines import MAX_IMAGE_SIZE
+
+    for name in ("height", "width"):
+        if not 16 <= getattr(args, name) <= MAX_IMAGE_SIZE:
+            raise UsageError(f"--{name} must be between 16 and {MAX_IMAGE_SIZE}, got {getattr(args, name)}.")
     pipe = load_pipeline(args, OvisU1TextToImagePipeline)
     images = pipe(
         args.prompt,
@@ -251,6 +260,9 @@ def main(argv=None) -> int:
         args.func(args)
     except ModelUnavailableError as error:  # offline, not found, not an Ovis-U1 model: a message, not a traceback
         raise SystemExit(f"ovis-u1 {args.command}: error: {error}") from None
+    except UsageError as error:  # one line and status 2, as argparse reports bad arguments
+        print(f"ovis-u1 {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     return 0
 
 
