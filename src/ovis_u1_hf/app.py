@@ -14,7 +14,7 @@ import torch
 
 from .chat import stream_answer
 from .inputs import InputError, check_text, open_image
-from .pipelines import OvisU1EditPipeline, OvisU1TextToImagePipeline
+from .pipelines import MAX_IMAGE_SIZE, OvisU1EditPipeline, OvisU1TextToImagePipeline
 
 
 DEMO_EXTRA_HINT = 'The Ovis-U1 app needs Gradio: pip install "ovis-u1-hf[demo]"'
@@ -245,8 +245,8 @@ def build_app(pipe: OvisU1TextToImagePipeline, title: str = "Ovis-U1"):
                 with gr.Column():
                     prompt = gr.Textbox(label="Prompt", lines=3, elem_id="generate-prompt")
                     with gr.Row():
-                        width = gr.Slider(256, 2048, value=1024, step=size_step, label="Width")
-                        height = gr.Slider(256, 2048, value=1024, step=size_step, label="Height")
+                        width = gr.Slider(256, MAX_IMAGE_SIZE, value=1024, step=size_step, label="Width")
+                        height = gr.Slider(256, MAX_IMAGE_SIZE, value=1024, step=size_step, label="Height")
                     steps = gr.Slider(1, 100, value=50, step=1, label="Steps")
                     guidance = gr.Slider(0, 15, value=5.0, step=0.5, label="Guidance")
                     with gr.Row():

@@ -25,10 +25,11 @@ def stream_answer(
     """
     images = list(images or [])
     content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True, enable_thinking=think
+    # The question is typed text: `<image>` or special tokens in it stay text.
+    inputs = processor.encode_chat(
+        [{"role": "user", "content": content}], images=images or None, add_generation_prompt=True, enable_thinking=think
     )
-    inputs = processor(images=images or None, text=prompt, return_tensors="pt").to(device or model.device)
+    inputs = inputs.to(device or model.device)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     errors = []
 

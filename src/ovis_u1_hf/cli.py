@@ -80,9 +80,12 @@ def chat(args) -> None:
 def generate(args) -> None:
     import torch
 
-    from .pipelines import OvisU1TextToImagePipeline
+    from .pipelines import MAX_IMAGE_SIZE, OvisU1TextToImagePipeline
 
     check_text(args.prompt, "The prompt", "describe the image to generate.")
+    for name in ("height", "width"):
+        if not 16 <= getattr(args, name) <= MAX_IMAGE_SIZE:
+            raise InputError(f"--{name} must be between 16 and {MAX_IMAGE_SIZE}, got {getattr(args, name)}.")
     paths = output_paths(args.output, args.count)
     device, dtype = resolve_device_and_dtype(args)
     pipe = load_pipeline(args, OvisU1TextToImagePipeline, device, dtype, resolve_pipeline_folder(args))

@@ -1,9 +1,28 @@
 # Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
 """Configuration of the Ovis-U1 understanding model (vision encoder, visual tokenizer, Qwen3 language model)."""
 
+import os
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+
+def check_pretrained_path(path):
+    """
+    `path` as `from_pretrained` takes it. A local folder (any `os.PathLike`, or a string that cannot be a Hub id) that
+    does not exist fails here with one message, rather than later as an invalid Hub id.
+    """
+    if isinstance(path, os.PathLike) or (
+        isinstance(path, str) and (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1)
+    ):
+        path = os.path.expanduser(os.fspath(path))
+        if not os.path.isdir(path):
+            raise OSError(
+                f"{path} is not a folder: give the folder of a converted Ovis-U1 model (`ovis-u1 convert OUTPUT "
+                "--source FOLDER` writes one) or a Hub id."
+            )
+    return path
 
 
 # Qwen3-1.7B, the language model of the released Ovis-U1-3B.

@@ -17,7 +17,7 @@ from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple, is_flash_attention_requested
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
-from .configuration_ovis_u1 import OvisU1Config, OvisU1VisionConfig
+from .configuration_ovis_u1 import OvisU1Config, OvisU1VisionConfig, check_pretrained_path
 
 
 logger = logging.get_logger(__name__)
@@ -285,6 +285,29 @@ class OvisU1PreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = False  # packed vision segments depend on the data
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """
+        As [`~PreTrainedModel.from_pretrained`], with three differences: weights load from safetensors only (a pickled
+        `.bin` file is never unpickled), a local folder that does not exist is a clear error, and so are missing
+        weights (a model with some of its weights left at random would generate noise).
+        """
+        pretrained_model_name_or_path = check_pretrained_path(pretrained_model_name_or_path)
+        if kwargs.get("use_safetensors") is None:
+            kwargs["use_safetensors"] = True
+        if kwargs.get("use_safetensors") is not True:
+            raise ValueError("Ovis-U1 weights load from safetensors files only: leave `use_safetensors` unset.")
+        with_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise OSError(
+                f"{pretrained_model_name_or_path} lacks {len(missing)} weight(s) of {cls.__name__}: "
+                f"{', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}. The folder is incomplete: convert "
+                "or download it again."
+            )
+        return (model, info) if with_info else model
+
 
 def hard_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """One-hot of the argmax in the forward pass, softmax gradients in the backward pass."""
@@ -505,6 +528,13 @@ class OvisU1Model(OvisU1PreTrainedModel):
             raise ValueError("pixel_values need input_ids to locate the image placeholder tokens.")
         if input_ids is not None and input_ids.ndim != 2:
             raise ValueError(f"input_ids must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}.")
+
+        if pixel_values is not None and not (input_ids == self.config.image_token_id).any():
+            # Checked before the vision tower runs: its features would have nowhere to go.
+            raise ValueError(
+                "pixel_values were given but the images have no placeholder tokens in input_ids: mark each image with "
+                "`<image>` in the text given to the processor (or leave pixel_values out for a text-only prompt)."
+            )
 
         image_features = None
         if input_ids is not None:

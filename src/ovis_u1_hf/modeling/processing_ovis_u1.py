@@ -1,12 +1,16 @@
 # Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
 """Processor of Ovis-U1: chat formatting, chunked tokenization with expanded image tokens, and image processing."""
 
+import copy
+import re
+
 import numpy as np
 from transformers import AutoTokenizer
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import TensorType, logging
 
+from .configuration_ovis_u1 import check_pretrained_path
 from .image_processing_ovis_u1 import OvisU1ImageProcessor
 
 
@@ -40,6 +44,10 @@ CHAT_TEMPLATE = (
     r"{%- endfor -%}"
     r'{%- if add_generation_prompt -%}{{- "<|im_start|>assistant\n" + think -}}{%- endif -%}'
 )
+
+# Stands for the k-th message text while a conversation is rendered by `encode_chat`: private-use characters, which
+# the chat template never writes.
+_TEXT_SLOT = re.compile("\ue000([0-9]+)\ue001")
 
 
 class OvisU1Processor(ProcessorMixin):
@@ -78,6 +86,10 @@ class OvisU1Processor(ProcessorMixin):
         self.image_start_token_id, self.image_token_id, self.image_end_token_id = ids
         self.multimodal_max_length = multimodal_max_length
         super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        return super().from_pretrained(check_pretrained_path(pretrained_model_name_or_path), *args, **kwargs)
 
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
@@ -130,10 +142,142 @@ class OvisU1Processor(ProcessorMixin):
             raise ValueError("Ovis-U1 takes images and text only.")
         if text is None:
             raise ValueError("`text` is required: mark each image with `<image>` in it.")
-        texts = [text] if isinstance(text, str) else list(text)
+        texts = self._check_texts(text)
+        chunk_ids = [self.tokenizer(t.split(self.image_token), add_special_tokens=False)["input_ids"] for t in texts]
+        return self._build(chunk_ids, images, multimodal_max_length, return_tensors, **kwargs)
+
+    def encode_chat(
+        self,
+        conversations: list[dict] | list[list[dict]],
+        images=None,
+        add_generation_prompt: bool = False,
+        enable_thinking: bool = False,
+        multimodal_max_length: int | None = None,
+        return_tensors: str | TensorType | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Formats conversations with the chat template and tokenizes them as [`~OvisU1Processor.__call__`] does, but
+        keeps the text of the messages literal: an `<image>`, `<|im_end|>` or any other special token typed in it is
+        tokenized as the characters it is made of, never as an image marker or a control token. The images are the
+        `{"type": "image"}` items of the messages. Use it for text that users type; build prompts by hand with
+        [`~ProcessorMixin.apply_chat_template`] and `__call__` only from trusted text.
+
+        Args:
+            conversations (`list[dict]` or `list[list[dict]]`):
+                One conversation (a list of messages) or a batch of them.
+            images (*optional*):
+                As for `__call__`: the images of the image items, in order.
+            add_generation_prompt (`bool`, defaults to `False`):
+                End with the assistant prefix.
+            enable_thinking (`bool`, defaults to `False`):
+                Leave out the empty think block of the assistant turns.
+            multimodal_max_length, return_tensors, **kwargs:
+                As for `__call__`.
+
+        Returns:
+            [`BatchFeature`]: as `__call__`.
+        """
+        if conversations and isinstance(conversations[0], dict):
+            conversations = [conversations]
+        if not conversations or not all(isinstance(c, (list, tuple)) and c for c in conversations):
+            raise ValueError("`conversations` must be a non-empty list of messages, or a list of such lists.")
+        chunk_ids = []
+        for conversation in conversations:
+            conversation, texts = self._with_text_slots(conversation)
+            rendered = self.apply_chat_template(
+                conversation, add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking
+            )
+            chunk_ids.append(self._tokenize_with_literals(rendered, texts))
+        return self._build(chunk_ids, images, multimodal_max_length, return_tensors, **kwargs)
+
+    @staticmethod
+    def _check_texts(text) -> list[str]:
+        if isinstance(text, str):
+            texts = [text]
+        elif isinstance(text, (list, tuple)):
+            texts = list(text)
+        else:
+            raise ValueError(f"`text` must be a string or a non-empty list of strings, got {type(text).__name__}.")
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValueError("`text` must be a string or a non-empty list of strings.")
-        images_per_text = self._images_per_text(images, [t.count(self.image_token) for t in texts])
+        if not all(texts):
+            # An empty text has no token to attend to: it would come out as an empty, float-typed sequence.
+            raise ValueError("`text` must not be empty: give each sequence some text or an `<image>` marker.")
+        return texts
+
+    @staticmethod
+    def _with_text_slots(conversation: list[dict]) -> tuple[list[dict], list[str]]:
+        """A copy of `conversation` whose texts are replaced by slots, and the texts in slot order."""
+        conversation, texts = copy.deepcopy(list(conversation)), []
+
+        def slot(text):
+            if not isinstance(text, str):
+                raise ValueError(f"Message texts must be strings, got {type(text).__name__}.")
+            texts.append(text)
+            return f"\ue000{len(texts) - 1}\ue001"
+
+        for message in conversation:
+            if isinstance(message.get("content"), str):
+                message["content"] = slot(message["content"])
+            else:
+                for item in message.get("content") or []:
+                    if item.get("type") == "text":
+                        item["text"] = slot(item.get("text"))
+        return conversation, texts
+
+    def _tokenize_with_literals(self, rendered: str, texts: list[str]) -> list[list[int]]:
+        """
+        Token ids of each `<image>`-separated chunk of `rendered`, where only the template's own text holds markers
+        and special tokens; the slotted `texts` are literal. Text between two special tokens is tokenized as one
+        string, template and message text together, exactly as the tokenizer does when the text holds no special
+        token: ordinary prompts get the same ids as through `__call__`.
+        """
+        added = sorted((t.content for t in self.tokenizer.added_tokens_decoder.values()), key=len, reverse=True)
+        live = re.compile("|".join(re.escape(token) for token in [self.image_token, *added]))
+        chunks, ids, plain = [], [], []
+        position = 0
+        pieces = []
+        for match in _TEXT_SLOT.finditer(rendered):
+            pieces += [(rendered[position : match.start()], False), (texts[int(match.group(1))], True)]
+            position = match.end()
+        pieces.append((rendered[position:], False))
+        for piece, literal in pieces:
+            if literal:
+                plain.append(piece)
+                continue
+            start = 0
+            for match in live.finditer(piece):
+                plain.append(piece[start : match.start()])
+                ids += self._tokenize_literal("".join(plain))
+                plain = []
+                if match.group() == self.image_token:
+                    chunks.append(ids)
+                    ids = []
+                else:
+                    ids.append(self.tokenizer.convert_tokens_to_ids(match.group()))
+                start = match.end()
+            plain.append(piece[start:])
+        ids += self._tokenize_literal("".join(plain))
+        return chunks + [ids]
+
+    def _tokenize_literal(self, text: str) -> list[int]:
+        """Ids of `text` with no added token recognised (special or not, e.g. `<think>`): normalisation,
+        pre-tokenization and the subword model, the steps the tokenizer applies between added tokens."""
+        if not text:
+            return []
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            # Tokenizers without a `tokenizers` backend: special tokens stay text; non-special added ones may not.
+            return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        words = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer is not None else [(text, None)]
+        return [token.id for word, _ in words for token in backend.model.tokenize(word)]
+
+    def _build(self, chunk_ids: list[list[list[int]]], images, multimodal_max_length, return_tensors, **kwargs):
+        """Expands the images between the token chunks of each text, truncates, pads, and processes the images."""
+        images_per_text = self._images_per_text(images, [len(chunks) - 1 for chunks in chunk_ids])
         max_length = self.multimodal_max_length if multimodal_max_length is None else multimodal_max_length
 
         flat_images = [image for images in images_per_text for image in images]
@@ -146,8 +290,7 @@ class OvisU1Processor(ProcessorMixin):
             row_ends = np.cumsum(num_rows).tolist()
 
         sequences, kept_images, next_image = [], [], 0
-        for index, sample in enumerate(texts):
-            chunks = self.tokenizer(sample.split(self.image_token), add_special_tokens=False)["input_ids"]
+        for index, chunks in enumerate(chunk_ids):
             ids, last_pads = list(chunks[0]), []
             for chunk in chunks[1:]:
                 n = num_tokens[next_image]

@@ -5,8 +5,10 @@ This file, like the pipelines, imports only third-party packages: the Ovis-U1 co
 pipeline's modules, so a saved pipeline folder runs with `trust_remote_code=True` where `ovis_u1_hf` is absent.
 """
 
+import copy
 import inspect
 import json
+import math
 import os
 import re
 import shutil
@@ -15,14 +17,14 @@ from collections.abc import Callable
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ModelMixin
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import logging
 from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, ProcessorMixin
 
-from .transformer_ovis_u1 import OvisU1Transformer2DModel
+from .transformer_ovis_u1 import OvisU1Transformer2DModel, check_pretrained_path, raise_on_missing_weights
 
 
 logger = logging.get_logger(__name__)
@@ -35,6 +37,12 @@ TEXT_TO_IMAGE_TEMPLATE = (
 )
 # Smallest image the condition's image is resized to; its largest is the image processor's `min_pixels`.
 CONDITION_IMAGE_MIN_PIXELS = 56 * 56
+# Largest height or width the pipelines generate. The released model never sees a larger image: its image processor
+# caps images at `max_pixels` = 3211264 = 1792 * 1792 (preprocessor_config.json), and its sampler is calibrated for
+# smaller ones still (the timestep shift is fitted up to 4096 packed tokens, 1024 * 1024, and edits are kept under
+# 1003520 pixels). Checked before anything is allocated: a 16384 * 16384 request would need gigabytes for its white
+# condition image alone.
+MAX_IMAGE_SIZE = 1792
 
 # A saved pipeline folder carries its code: these pipeline modules at its root, and each Ovis-U1 component's module
 # in the component's folder. With the package installed, the modules below are used instead of the folder's copies.
@@ -106,6 +114,41 @@ class OvisU1PipelineMixin:
             json.dump(index, f, indent=2, sort_keys=True)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """
+        As [`~DiffusionPipeline.from_pretrained`], with these differences: weights load from safetensors only (a
+        pickled `.bin` file is never unpickled); a local folder that does not exist, the released (unconverted)
+        checkpoint and missing weights are clear errors, raised before (or instead of) running with random weights.
+        """
+        path = check_pretrained_path(pretrained_model_name_or_path)
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "model_index.json")):
+            config_file = os.path.join(path, "config.json")
+            config = {}
+            if os.path.isfile(config_file):
+                with open(config_file) as f:
+                    config = json.load(f)
+            if "visual_generator_config" in config or "llm_config" in config:
+                raise OSError(
+                    f"{path} is the released Ovis-U1 checkpoint: convert it first with "
+                    f"`ovis-u1 convert OUTPUT --source {path}`, then load OUTPUT."
+                )
+        if kwargs.get("use_safetensors") is None:
+            kwargs["use_safetensors"] = True
+        if kwargs.get("use_safetensors") is not True:
+            raise ValueError("Ovis-U1 weights load from safetensors files only: leave `use_safetensors` unset.")
+        pipe = super().from_pretrained(path, **kwargs)
+        if os.path.isdir(path):
+            # diffusers only warns when a component's weights are missing; the transformer and the text encoder check
+            # their own, the other models (the VAE) are checked against their files here.
+            for name, component in pipe.components.items():
+                if isinstance(component, ModelMixin) and not isinstance(component, OvisU1Transformer2DModel):
+                    stored = stored_weight_names(os.path.join(path, name))
+                    if stored is not None:
+                        missing = set(component.state_dict()) - stored
+                        raise_on_missing_weights(os.path.join(path, name), type(component).__name__, missing)
+        return pipe
+
+    @classmethod
     def _dict_from_json_file(cls, json_file):
         config = super()._dict_from_json_file(json_file)
         if isinstance(config.get("_class_name"), list):
@@ -148,14 +191,12 @@ class OvisU1PipelineMixin:
         Runs the language model once over a batch of user turns `"<image>\\n" + text` with one image each and returns
         the generation condition `(batch, length, 2 * hidden)` (left padded, padding zeroed) and its mask.
         """
-        prompts = [
-            self.processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
-                add_generation_prompt=False,
-            )
-            for text in texts
+        conversations = [
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}] for text in texts
         ]
-        inputs = self.processor(images=[[image] for image in images], text=prompts, return_tensors="pt").to(device)
+        # The prompts are user text: `<image>` or special tokens typed in them stay text.
+        inputs = self.processor.encode_chat(conversations, images=[[image] for image in images], return_tensors="pt")
+        inputs = inputs.to(device)
         condition = self.text_encoder.get_generation_condition(**inputs)
         mask = inputs["attention_mask"].bool()
         # Padded rows attend to nothing and may hold NaNs: zero them so masked sums stay finite.
@@ -219,17 +260,30 @@ class OvisU1PipelineMixin:
         noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         return self.pack_latents(noise).to(dtype)
 
-    def timesteps(self, num_inference_steps: int, image_seq_len: int, device: torch.device) -> torch.Tensor:
-        """`t = linspace(1, 0, steps + 1)`, exponentially shifted by the image size when the scheduler shifts."""
+    def timesteps(
+        self,
+        num_inference_steps: int,
+        image_seq_len: int,
+        device: torch.device,
+        scheduler: FlowMatchEulerDiscreteScheduler | None = None,
+    ) -> torch.Tensor:
+        """`t = linspace(1, 0, steps + 1)`, exponentially shifted by the image size when the scheduler shifts. Sets
+        the schedule of `scheduler` (default: the pipeline's)."""
+        scheduler = self.scheduler if scheduler is None else scheduler
         sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
-        config = self.scheduler.config
+        config = scheduler.config
         mu = None
         if config.use_dynamic_shifting:
             # The shift grows linearly with the number of noise tokens (FLUX's rule).
             slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
             mu = config.base_shift + slope * (image_seq_len - config.base_image_seq_len)
-        self.scheduler.set_timesteps(sigmas=sigmas, device=device, mu=mu)
-        return self.scheduler.timesteps
+        scheduler.set_timesteps(sigmas=sigmas, device=device, mu=mu)
+        return scheduler.timesteps
+
+    def call_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
+        """A copy of the scheduler for one call: its schedule and step index are per call, so that calls running at
+        once in several threads do not step each other's schedule."""
+        return copy.deepcopy(self.scheduler)
 
     # ------------------------------------------------------------------ sampling ------------------------------------
 
@@ -241,12 +295,14 @@ class OvisU1PipelineMixin:
         combine: Callable[[torch.Tensor], torch.Tensor],
         callback_on_step_end: Callable | None,
         callback_on_step_end_tensor_inputs: list[str],
+        scheduler: FlowMatchEulerDiscreteScheduler | None = None,
     ) -> torch.Tensor:
         """
-        Euler sampling. `branches` holds the transformer inputs of every guidance branch stacked along the batch
+        Euler sampling with `scheduler` (default: the pipeline's), whose timesteps must be set. `branches` holds the transformer inputs of every guidance branch stacked along the batch
         (`num_branches * batch` rows); one transformer call per step predicts them all, and `combine` turns the
         stacked velocities `(num_branches, batch, ...)` into the guided one.
         """
+        scheduler = self.scheduler if scheduler is None else scheduler
         num_branches = branches["encoder_hidden_states"].shape[0] // latents.shape[0]
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -260,7 +316,7 @@ class OvisU1PipelineMixin:
                     hidden_states=model_input, timestep=timestep, return_dict=False, **branches
                 )[0]
                 velocity = combine(velocity.unflatten(0, (num_branches, -1)))
-                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
                     local_tensors = {"latents": latents}
@@ -295,8 +351,13 @@ class OvisU1PipelineMixin:
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         for name, value in guidance_scales.items():
-            if value < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {value}.")
+            # NaN passes every comparison and an infinite scale turns every velocity into NaN: both give NaN images.
+            try:
+                finite = not isinstance(value, (bool, str)) and math.isfinite(value)
+            except TypeError:
+                finite = False
+            if not finite or value < 0:
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}.")
         if output_type not in ("pil", "np", "pt", "latent"):
@@ -309,6 +370,10 @@ class OvisU1PipelineMixin:
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"Got {len(generator)} generators for {batch_size} images.")
         if latents is not None:
+            if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+                # Integer noise would be cast to the model dtype silently: standard normal noise is never integer.
+                kind = latents.dtype if isinstance(latents, torch.Tensor) else type(latents).__name__
+                raise ValueError(f"`latents` must be a floating-point tensor of noise, got {kind}.")
             shape = self.latent_shape(batch_size, height, width)
             packed_shape = (batch_size, shape[2] * shape[3] // 4, shape[1] * 4)
             if tuple(latents.shape) not in (shape, packed_shape):
@@ -322,6 +387,10 @@ class OvisU1PipelineMixin:
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            if value > MAX_IMAGE_SIZE:
+                raise ValueError(
+                    f"`{name}` must be at most {MAX_IMAGE_SIZE} (the largest image size of Ovis-U1), got {value}."
+                )
         multiple = self.size_multiple
         floored = (height // multiple * multiple, width // multiple * multiple)
         if 0 in floored:
@@ -350,6 +419,20 @@ class OvisU1PipelineMixin:
     @property
     def interrupt(self):
         return self._interrupt
+
+
+def stored_weight_names(folder: str) -> set[str] | None:
+    """Names of the tensors in the safetensors files of `folder` (headers only), or None when it holds none."""
+    from safetensors import safe_open
+
+    files = [f for f in os.listdir(folder) if f.endswith(".safetensors")] if os.path.isdir(folder) else []
+    if not files:
+        return None
+    names = set()
+    for file in files:
+        with safe_open(os.path.join(folder, file), framework="pt") as f:
+            names.update(f.keys())
+    return names
 
 
 def copy_module(source: str, folder: str) -> str:

@@ -134,7 +134,8 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
                 Image guidance: how strongly to stay close to the input image.
             height (`int`, *optional*):
                 Output height; defaults to the input's aspect ratio at about 1 megapixel in multiples of 32. A given
-                size is floored to a multiple of 16. The input is resized to the output size first.
+                size is at most `MAX_IMAGE_SIZE` (1792, the largest image size of the released model) and is floored
+                to a multiple of 16. The input is resized to the output size first.
             width (`int`, *optional*):
                 Output width; see `height`.
             num_images_per_prompt (`int`, defaults to 1):
@@ -198,7 +199,8 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
 
         # 2. Latents and schedule (the shift counts the noise tokens only).
         latents = self.prepare_latents(batch_size, height, width, self.transformer.dtype, device, generator, latents)
-        timesteps = self.timesteps(num_inference_steps, latents.shape[1], device)
+        scheduler = self.call_scheduler()
+        timesteps = self.timesteps(num_inference_steps, latents.shape[1], device, scheduler)
 
         # 3. Denoise: the three branches in one transformer call per step.
         def combine(velocity):
@@ -215,7 +217,7 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
             context_attention_mask=context_mask.flatten(0, 1),
         )
         latents = self.denoise(
-            latents, timesteps, branches, combine, callback_on_step_end, callback_on_step_end_tensor_inputs
+            latents, timesteps, branches, combine, callback_on_step_end, callback_on_step_end_tensor_inputs, scheduler
         )
 
         image = self.decode(latents, height, width, output_type)

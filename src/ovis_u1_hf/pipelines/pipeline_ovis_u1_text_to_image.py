@@ -114,9 +114,10 @@ class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline):
             prompt (`str` or `list[str]`):
                 What to draw.
             height (`int`, defaults to 1024):
-                Image height in pixels; floored to a multiple of 16 (with a warning), as the released model does.
+                Image height in pixels, at most `MAX_IMAGE_SIZE` (1792, the largest image size of the released
+                model); floored to a multiple of 16 (with a warning), as the released model does.
             width (`int`, defaults to 1024):
-                Image width in pixels; floored to a multiple of 16.
+                Image width in pixels, at most `MAX_IMAGE_SIZE` (1792); floored to a multiple of 16.
             num_inference_steps (`int`, defaults to 50):
                 Number of Euler steps.
             guidance_scale (`float`, defaults to 5.0):
@@ -173,7 +174,8 @@ class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline):
         latents = self.prepare_latents(batch_size, height, width, self.transformer.dtype, device, generator, latents)
         grid_h, grid_w = self.token_grid(height, width)
         img_ids = self.latent_ids(grid_h, grid_w, 0, device)
-        timesteps = self.timesteps(num_inference_steps, latents.shape[1], device)
+        scheduler = self.call_scheduler()
+        timesteps = self.timesteps(num_inference_steps, latents.shape[1], device, scheduler)
 
         # 3. Denoise: conditional and unconditional branches in one transformer call per step.
         def combine(velocity):
@@ -186,7 +188,7 @@ class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline):
             img_ids=img_ids, encoder_hidden_states=tokens, pooled_projections=pooled, encoder_attention_mask=mask
         )
         latents = self.denoise(
-            latents, timesteps, branches, combine, callback_on_step_end, callback_on_step_end_tensor_inputs
+            latents, timesteps, branches, combine, callback_on_step_end, callback_on_step_end_tensor_inputs, scheduler
         )
 
         image = self.decode(latents, height, width, output_type)

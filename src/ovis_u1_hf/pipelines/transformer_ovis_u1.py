@@ -1,6 +1,8 @@
 # Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
 """The Ovis-U1 visual decoder: a bidirectional token refiner followed by an MMDiT with MMDiT-X double blocks."""
 
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -365,6 +367,33 @@ class OvisU1PosEmbed(FluxPosEmbed):
         return freqs_cos.unflatten(0, ids.shape[:-1]), freqs_sin.unflatten(0, ids.shape[:-1])
 
 
+def check_pretrained_path(path):
+    """
+    `path` as `from_pretrained` takes it. A local folder (any `os.PathLike`, or a string that cannot be a Hub id) that
+    does not exist fails here with one message, rather than later as an invalid Hub id.
+    """
+    if isinstance(path, os.PathLike) or (
+        isinstance(path, str) and (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1)
+    ):
+        path = os.path.expanduser(os.fspath(path))
+        if not os.path.isdir(path):
+            raise OSError(
+                f"{path} is not a folder: give the folder of a converted Ovis-U1 model (`ovis-u1 convert OUTPUT "
+                "--source FOLDER` writes one) or a Hub id."
+            )
+    return path
+
+
+def raise_on_missing_weights(path, name: str, missing) -> None:
+    """A model with some weights left at random would generate noise: missing weights are an error, not a warning."""
+    missing = sorted(missing)
+    if missing:
+        raise OSError(
+            f"{path} lacks {len(missing)} weight(s) of {name}: {', '.join(missing[:10])}"
+            f"{', ...' if len(missing) > 10 else ''}. The folder is incomplete: convert or download it again."
+        )
+
+
 class OvisU1Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin):
     r"""
     The visual decoder of Ovis-U1: a bidirectional token refiner over the LLM condition, then an MMDiT of MMDiT-X
@@ -406,6 +435,17 @@ class OvisU1Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Attent
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["OvisU1TransformerBlock", "OvisU1SingleTransformerBlock", "OvisU1TokenRefinerBlock"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As [`~ModelMixin.from_pretrained`], from safetensors only, and with missing weights an error."""
+        pretrained_model_name_or_path = check_pretrained_path(pretrained_model_name_or_path)
+        if kwargs.get("use_safetensors") is None:
+            kwargs["use_safetensors"] = True
+        with_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        raise_on_missing_weights(pretrained_model_name_or_path, cls.__name__, info["missing_keys"])
+        return (model, info) if with_info else model
     _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
     _repeated_blocks = ["OvisU1TransformerBlock", "OvisU1SingleTransformerBlock"]
 
