@@ -395,9 +395,7 @@ def test_cli_checks_the_size_before_loading(monkeypatch, tmp_path, capsys, argum
     loads = []
     monkeypatch.setattr(cli, "resolve_model", lambda *a, **k: loads.append(a))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["generate", "a cat", "--output", "out.png", argument, value])
-    assert exit_info.value.code == 2
+    assert cli.main(["generate", "a cat", "--output", "out.png", argument, value]) == 2
     error = capsys.readouterr().err
     assert error == f"ovis-u1 generate: error: {argument} must be between 16 and 1792, got {value}.\n"
     assert loads == [] and list(tmp_path.iterdir()) == []
