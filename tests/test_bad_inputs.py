@@ -226,7 +226,7 @@ def test_the_processor_keeps_its_image_marker_for_prompts_built_by_hand(t2i):
     processor = t2i.processor
     out = processor(images=[IMAGE], text="<image>\nWhat is it?")
     assert (out["input_ids"] == processor.image_start_token_id).sum() == 1
-    assert out["grid_thws"].shape == (1, 3)
+    assert out["image_grid_thw"].shape == (1, 3)
 
 
 # ---------------------------------------------------------------------------------------------- model, processor --
@@ -236,16 +236,16 @@ def test_pixel_values_without_placeholders_fail_before_the_vision_tower(monkeypa
     model = tiny_model()
     calls = spy(monkeypatch, model.model.vision_tower)
     pixel_values = torch.randn(16, 3 * 14 * 14)
-    grid_thws = torch.tensor([[1, 4, 4]])
+    image_grid_thw = torch.tensor([[1, 4, 4]])
     input_ids = torch.tensor([[5, 6, 7]])
     message = "pixel_values were given but the images have no placeholder tokens in input_ids"
     with pytest.raises(ValueError, match=message):
-        model(input_ids=input_ids, pixel_values=pixel_values, grid_thws=grid_thws)
+        model(input_ids=input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw)
     with pytest.raises(ValueError, match=message):
-        model.generate(input_ids=input_ids, pixel_values=pixel_values, grid_thws=grid_thws, max_new_tokens=2)
+        model.generate(input_ids=input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw, max_new_tokens=2)
     assert calls == []
     # With its placeholders the same image runs through the tower.
-    model(input_ids=torch.tensor([[5] + image_ids(4) + [6]]), pixel_values=pixel_values, grid_thws=grid_thws)
+    model(input_ids=torch.tensor([[5] + image_ids(4) + [6]]), pixel_values=pixel_values, image_grid_thw=image_grid_thw)
     assert calls == [1]
 
 

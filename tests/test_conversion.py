@@ -61,13 +61,13 @@ def softmax_attention(q, k, v, mask=None):
     return torch.einsum("...hqk,...khd->...qhd", scores.softmax(-1), v).flatten(-2)
 
 
-def ref_vision_features(sd, backbone, pixel_values, grid_thws):
+def ref_vision_features(sd, backbone, pixel_values, image_grid_thw):
     """SPEC 5 per image, on `visual_tokenizer.backbone.*`, structure read from backbone_config only."""
     p = "visual_tokenizer.backbone."
     C, heads, s, P = (backbone[k] for k in ("hidden_size", "num_attention_heads", "hidden_stride", "patch_size"))
     eps, head_dim = backbone["rms_norm_eps"], C // heads
     features, start = [], 0
-    for t, gh, gw in grid_thws.tolist():
+    for t, gh, gw in image_grid_thw.tolist():
         n = t * gh * gw
         rows, start = pixel_values[start : start + n], start + n
         coords = torch.tensor(
@@ -119,12 +119,12 @@ def ref_vision_features(sd, backbone, pixel_values, grid_thws):
     return torch.cat(features)
 
 
-def ref_understanding_logits(released, ids, pixel_values, grid_thws, start, end, pad):
+def ref_understanding_logits(released, ids, pixel_values, image_grid_thw, start, end, pad):
     """SPEC 5-6 and the LLM as the stock Qwen3 on `llm.*`, for one unpadded sequence."""
     sd, config = {k: v.float() for k, v in released.tensors.items()}, released.config
     vt = config["visual_tokenizer_config"]
     V, s = vt["vocab_size"], vt["backbone_config"]["hidden_stride"]
-    features = ref_vision_features(sd, vt["backbone_config"], pixel_values, grid_thws)
+    features = ref_vision_features(sd, vt["backbone_config"], pixel_values, image_grid_thw)
     merged = features.reshape(-1, features.shape[-1] * s * s)
     logits = layer_norm(
         merged @ sd["visual_tokenizer.head.0.weight"].T,
@@ -264,11 +264,11 @@ def check_parity(released, pipe):
     g = torch.Generator().manual_seed(1)
     processor = pipe.processor
     start, end, pad = processor.image_start_token_id, processor.image_end_token_id, processor.image_token_id
-    grid_thws = torch.tensor([[1, 4, 6], [1, 6, 10]])  # merged 2x3 and 3x5: partial windows of 2x2
+    image_grid_thw = torch.tensor([[1, 4, 6], [1, 6, 10]])  # merged 2x3 and 3x5: partial windows of 2x2
     pixel_values = torch.randn(84, 588, generator=g)
     ids = torch.tensor([5, 6, start] + [pad] * 6 + [end, 7, start] + [pad] * 15 + [end, 8, 9])
-    logits = pipe.text_encoder(input_ids=ids[None], pixel_values=pixel_values, grid_thws=grid_thws).logits[0]
-    assert_close(logits, ref_understanding_logits(released, ids, pixel_values, grid_thws, start, end, pad))
+    logits = pipe.text_encoder(input_ids=ids[None], pixel_values=pixel_values, image_grid_thw=image_grid_thw).logits[0]
+    assert_close(logits, ref_understanding_logits(released, ids, pixel_values, image_grid_thw, start, end, pad))
 
     guided = released.config["visual_generator_config"]["guidance_embed"]
     kwargs = dict(

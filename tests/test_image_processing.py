@@ -79,8 +79,8 @@ def test_smart_resize_bounds():
 def test_patch_order_matches_per_patch_loop():
     image = random_image(84, 56)  # already a valid size: no resize
     out = tiny_image_processor()(image, return_tensors="pt")
-    assert out["pixel_values"].dtype == torch.float32 and out["grid_thws"].dtype == torch.int64
-    assert out["grid_thws"].tolist() == [[1, 4, 6]]
+    assert out["pixel_values"].dtype == torch.float32 and out["image_grid_thw"].dtype == torch.int64
+    assert out["image_grid_thw"].tolist() == [[1, 4, 6]]
     np.testing.assert_allclose(out["pixel_values"].numpy(), reference_rows(normalized(image)), atol=1e-5)
 
 
@@ -99,7 +99,7 @@ def test_resize_is_pillow_bicubic_to_smart_resize():
     out = tiny_image_processor()(image)
     expected = reference_rows(normalized(image.resize((width, height), PIL.Image.Resampling.BICUBIC)))
     np.testing.assert_allclose(out["pixel_values"], expected, atol=1e-5)
-    assert out["grid_thws"].tolist() == [[1, height // 14, width // 14]]
+    assert out["image_grid_thw"].tolist() == [[1, height // 14, width // 14]]
 
 
 def test_normalization_values():
@@ -120,7 +120,7 @@ def test_exif_orientation_is_applied():
     processor = tiny_image_processor()
     out = processor(stored)
     upright = image.transpose(PIL.Image.Transpose.ROTATE_270)
-    assert out["grid_thws"].tolist() == [[1, 6, 4]]
+    assert out["image_grid_thw"].tolist() == [[1, 6, 4]]
     np.testing.assert_allclose(out["pixel_values"], reference_rows(normalized(upright)), atol=1e-5)
 
 
@@ -159,7 +159,7 @@ def test_numpy_and_torch_inputs():
     gray = np.asarray(image.convert("L"))
     np.testing.assert_array_equal(processor(gray)["pixel_values"], processor(gray[..., None])["pixel_values"])
     batch = processor(np.stack([array, array[::-1]]))
-    assert batch["grid_thws"].tolist() == [[1, 4, 6]] * 2
+    assert batch["image_grid_thw"].tolist() == [[1, 4, 6]] * 2
     np.testing.assert_array_equal(batch["pixel_values"][:24], expected)
 
 
@@ -189,14 +189,14 @@ def test_tiny_and_extreme_images(size):
     for proc, limits in ((processor, DEFAULT_LIMITS), (tiny_image_processor(), TINY_LIMITS)):
         out = proc(PIL.Image.new("RGB", (width, height), (10, 20, 30)))
         resized_height, resized_width = smart_resize(height, width, 28, **limits)
-        assert out["grid_thws"].tolist() == [[1, resized_height // 14, resized_width // 14]]
+        assert out["image_grid_thw"].tolist() == [[1, resized_height // 14, resized_width // 14]]
         assert out["pixel_values"].shape == (resized_height * resized_width // 196, 588)
         assert np.isfinite(out["pixel_values"]).all()
 
 
 def test_defaults_and_save_load_round_trip(tmp_path):
     processor = OvisU1ImageProcessor()
-    assert processor.model_input_names == ["pixel_values", "grid_thws"]
+    assert processor.model_input_names == ["pixel_values", "image_grid_thw"]
     assert (processor.min_pixels, processor.max_pixels) == (448 * 448, 1792 * 1792)
     assert (processor.patch_size, processor.hidden_stride, processor.temporal_patch_size) == (14, 2, 1)
     assert processor.resample == PIL.Image.Resampling.BICUBIC and processor.rescale_factor == 1 / 255
@@ -236,7 +236,7 @@ def test_loads_released_preprocessor_config(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(released))
     processor = OvisU1ImageProcessor.from_pretrained(tmp_path)
     out = processor(random_image(100, 200))
-    assert out["grid_thws"].tolist() == [[1, 644 // 14, 336 // 14]]
+    assert out["image_grid_thw"].tolist() == [[1, 644 // 14, 336 // 14]]
 
 
 def column_image(width, height):

@@ -26,8 +26,8 @@ class OvisU1ModelTester:
 
     def prepare_inputs(self):
         generator = torch.Generator().manual_seed(self.seed)
-        grid_thws = torch.tensor([[1, 4, 4], [1, 2, 4]])
-        pixel_values = torch.randn(int(grid_thws.prod(-1).sum()), 3 * 14 * 14, generator=generator)
+        image_grid_thw = torch.tensor([[1, 4, 4], [1, 2, 4]])
+        pixel_values = torch.randn(int(image_grid_thw.prod(-1).sum()), 3 * 14 * 14, generator=generator)
         first = [5, 6] + image_ids(4) + [7] + image_ids(2) + [8, 9, 10]
         second = [11, 12, 13, 14]
         length = len(first)
@@ -36,7 +36,7 @@ class OvisU1ModelTester:
         labels = torch.where(attention_mask.bool(), input_ids, -100)
         labels[0, :3] = -100
         return dict(
-            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, grid_thws=grid_thws
+            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, image_grid_thw=image_grid_thw
         ), labels
 
 

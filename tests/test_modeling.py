@@ -18,14 +18,14 @@ def rms_norm(x, weight, eps):
     return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
 
 
-def reference_vision_features(tower, pixel_values, grid_thws):
+def reference_vision_features(tower, pixel_values, image_grid_thw):
     """Per-image loop over unpacked tensors with explicit attention masks: SPEC 5 written plainly."""
     config = tower.config
     p, s, C = config.patch_size, config.hidden_stride, config.hidden_size
     heads = config.num_attention_heads
     head_dim = C // heads
     outputs, start = [], 0
-    for t, gh, gw in grid_thws.tolist():
+    for t, gh, gw in image_grid_thw.tolist():
         n = t * gh * gw
         rows = pixel_values[start : start + n]
         start += n
@@ -76,9 +76,9 @@ def reference_vision_features(tower, pixel_values, grid_thws):
     return torch.cat(outputs)
 
 
-def reference_visual_embeddings(model, pixel_values, grid_thws):
+def reference_visual_embeddings(model, pixel_values, image_grid_thw):
     tower = model.model.vision_tower
-    features = reference_vision_features(tower, pixel_values, grid_thws)
+    features = reference_vision_features(tower, pixel_values, image_grid_thw)
     merged = features.reshape(-1, features.shape[-1] * tower.config.hidden_stride**2)
     logits = F.layer_norm(
         merged @ tower.head_linear.weight.T, tower.head_norm.normalized_shape, tower.head_norm.weight, tower.head_norm.bias
@@ -87,30 +87,30 @@ def reference_visual_embeddings(model, pixel_values, grid_thws):
     return probs @ model.model.visual_embeddings_table.weight
 
 
-def reference_inputs_embeds(model, ids, pixel_values, grid_thws):
+def reference_inputs_embeds(model, ids, pixel_values, image_grid_thw):
     """SPEC 6 merge for one unpadded sequence."""
     V = model.config.vision_config.vocab_size
     table = model.model.visual_embeddings_table.weight
     embeds = model.model.language_model.embed_tokens.weight[ids.clamp(max=model.config.vocab_size - 1)].clone()
     if pixel_values is not None:
-        visual = reference_visual_embeddings(model, pixel_values, grid_thws)
+        visual = reference_visual_embeddings(model, pixel_values, image_grid_thw)
         embeds[ids == IMAGE_PAD] = visual
     embeds[ids == IMAGE_START] = table[V - 5]
     embeds[ids == IMAGE_END] = table[V - 4]
     return embeds
 
 
-def reference_logits(model, ids, pixel_values=None, grid_thws=None):
-    embeds = reference_inputs_embeds(model, ids, pixel_values, grid_thws)
+def reference_logits(model, ids, pixel_values=None, image_grid_thw=None):
+    embeds = reference_inputs_embeds(model, ids, pixel_values, image_grid_thw)
     hidden = model.model.language_model(inputs_embeds=embeds[None]).last_hidden_state
     return model.lm_head(hidden)[0]
 
 
 def random_images(config, grids, seed=0):
     g = torch.Generator().manual_seed(seed)
-    grid_thws = torch.tensor(grids)
+    image_grid_thw = torch.tensor(grids)
     row = config.vision_config.num_channels * config.vision_config.patch_size**2
-    return torch.randn(int(grid_thws.prod(-1).sum()), row, generator=g), grid_thws
+    return torch.randn(int(image_grid_thw.prod(-1).sum()), row, generator=g), image_grid_thw
 
 
 # ---------------------------------------------------------------- tests -------------------------------------------
@@ -129,22 +129,22 @@ VISION_VARIANTS = {
 def test_vision_encoder_matches_per_image_reference(variant, attn):
     model = tiny_model(vision=VISION_VARIANTS[variant], attn_implementation=attn)
     # Windows of 2x2 merged tokens: a 10x12 grid has partial windows on both edges; images never mix.
-    pixel_values, grid_thws = random_images(model.config, [[1, 4, 4], [1, 10, 12], [1, 6, 2]])
+    pixel_values, image_grid_thw = random_images(model.config, [[1, 4, 4], [1, 10, 12], [1, 6, 2]])
     tower = model.model.vision_tower
     with torch.no_grad():
-        ours = tower(pixel_values, grid_thws)
-        expected = reference_vision_features(tower, pixel_values, grid_thws)
+        ours = tower(pixel_values, image_grid_thw)
+        expected = reference_vision_features(tower, pixel_values, image_grid_thw)
     torch.testing.assert_close(ours.last_hidden_state, expected, atol=1e-5, rtol=1e-5)
     assert ours.visual_tokens.shape == (pixel_values.shape[0] // 4, model.config.vision_config.vocab_size)
 
 
 def test_visual_tokens_and_embeddings():
     model = tiny_model()
-    pixel_values, grid_thws = random_images(model.config, [[1, 4, 6], [1, 2, 2]])
+    pixel_values, image_grid_thw = random_images(model.config, [[1, 4, 6], [1, 2, 2]])
     with torch.no_grad():
-        tokens = model.model.vision_tower(pixel_values, grid_thws).visual_tokens
-        embeddings = model.get_image_features(pixel_values, grid_thws)
-        expected = reference_visual_embeddings(model, pixel_values, grid_thws)
+        tokens = model.model.vision_tower(pixel_values, image_grid_thw).visual_tokens
+        embeddings = model.get_image_features(pixel_values, image_grid_thw)
+        expected = reference_visual_embeddings(model, pixel_values, image_grid_thw)
     torch.testing.assert_close(tokens.sum(-1), torch.ones(len(tokens)))
     assert (tokens[:, -4:] == 0).all()  # indicator words are never predicted
     torch.testing.assert_close(embeddings, expected, atol=1e-5, rtol=1e-5)
@@ -153,12 +153,12 @@ def test_visual_tokens_and_embeddings():
 def test_features_skip_the_final_norm():
     """Features equal the last block's output exactly; a final RMS norm would give unit-RMS rows."""
     model = tiny_model()
-    pixel_values, grid_thws = random_images(model.config, [[1, 4, 4]])
+    pixel_values, image_grid_thw = random_images(model.config, [[1, 4, 4]])
     tower = model.model.vision_tower
     captured = {}
     tower.layers[-1].register_forward_hook(lambda module, args, output: captured.setdefault("last", output))
     with torch.no_grad():
-        features = tower(pixel_values, grid_thws).last_hidden_state
+        features = tower(pixel_values, image_grid_thw).last_hidden_state
     # The hook sees the windowed order; the features are in the processor's order: compare as sets of rows.
     torch.testing.assert_close(features.sort(0).values, captured["last"].sort(0).values)
     rms = features.pow(2).mean(-1).sqrt()
@@ -186,13 +186,13 @@ def test_indicator_rows_quirk():
 
 def test_forward_logits_match_reference_and_loss():
     model = tiny_model()
-    pixel_values, grid_thws = random_images(model.config, [[1, 4, 6], [1, 2, 4]])
+    pixel_values, image_grid_thw = random_images(model.config, [[1, 4, 6], [1, 2, 4]])
     ids = torch.tensor([[5, 6] + image_ids(6) + [7] + image_ids(2) + [8, 9]])
     labels = ids.clone()
     labels[:, :3] = -100
     with torch.no_grad():
-        out = model(input_ids=ids, pixel_values=pixel_values, grid_thws=grid_thws, labels=labels)
-        expected = reference_logits(model, ids[0], pixel_values, grid_thws)
+        out = model(input_ids=ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw, labels=labels)
+        expected = reference_logits(model, ids[0], pixel_values, image_grid_thw)
     torch.testing.assert_close(out.logits[0], expected, atol=1e-5, rtol=1e-5)
     manual_loss = F.cross_entropy(expected[:-1], labels[0, 1:], ignore_index=-100)
     torch.testing.assert_close(out.loss, manual_loss, atol=1e-5, rtol=1e-5)
@@ -219,33 +219,33 @@ def test_batch_equals_each_alone():
     seq_a = [5, 6] + image_ids(6) + [7, 8, 9, 10, 11]
     seq_b = [12] + image_ids(1) + image_ids(4) + [13]
     ids, mask = left_pad([seq_a, seq_b])
-    pixel_values, grid_thws = torch.cat([pv_a, pv_b]), torch.cat([grid_a, grid_b])
+    pixel_values, image_grid_thw = torch.cat([pv_a, pv_b]), torch.cat([grid_a, grid_b])
     with torch.no_grad():
-        batch = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, grid_thws=grid_thws).logits
-        alone_a = model(input_ids=torch.tensor([seq_a]), pixel_values=pv_a, grid_thws=grid_a).logits[0]
-        alone_b = model(input_ids=torch.tensor([seq_b]), pixel_values=pv_b, grid_thws=grid_b).logits[0]
+        batch = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, image_grid_thw=image_grid_thw).logits
+        alone_a = model(input_ids=torch.tensor([seq_a]), pixel_values=pv_a, image_grid_thw=grid_a).logits[0]
+        alone_b = model(input_ids=torch.tensor([seq_b]), pixel_values=pv_b, image_grid_thw=grid_b).logits[0]
     torch.testing.assert_close(batch[0, -len(seq_a) :], alone_a, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batch[1, -len(seq_b) :], alone_b, atol=1e-5, rtol=1e-5)
 
     kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
-    generated = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, grid_thws=grid_thws, **kwargs)
-    gen_a = model.generate(input_ids=torch.tensor([seq_a]), pixel_values=pv_a, grid_thws=grid_a, **kwargs)
-    gen_b = model.generate(input_ids=torch.tensor([seq_b]), pixel_values=pv_b, grid_thws=grid_b, **kwargs)
+    generated = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, image_grid_thw=image_grid_thw, **kwargs)
+    gen_a = model.generate(input_ids=torch.tensor([seq_a]), pixel_values=pv_a, image_grid_thw=grid_a, **kwargs)
+    gen_b = model.generate(input_ids=torch.tensor([seq_b]), pixel_values=pv_b, image_grid_thw=grid_b, **kwargs)
     assert generated[0, ids.shape[1] :].tolist() == gen_a[0, len(seq_a) :].tolist()
     assert generated[1, ids.shape[1] :].tolist() == gen_b[0, len(seq_b) :].tolist()
 
 
 def test_generate_greedy_equals_manual_argmax_loop():
     model = tiny_model()
-    pixel_values, grid_thws = random_images(model.config, [[1, 4, 4]])
+    pixel_values, image_grid_thw = random_images(model.config, [[1, 4, 4]])
     ids = torch.tensor([[5] + image_ids(4) + [6, 7]])
     generated = model.generate(
-        input_ids=ids, pixel_values=pixel_values, grid_thws=grid_thws, max_new_tokens=8, do_sample=False, eos_token_id=None
+        input_ids=ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw, max_new_tokens=8, do_sample=False, eos_token_id=None
     )
     manual = ids
     with torch.no_grad():
         for _ in range(8):
-            logits = model(input_ids=manual, pixel_values=pixel_values, grid_thws=grid_thws).logits
+            logits = model(input_ids=manual, pixel_values=pixel_values, image_grid_thw=image_grid_thw).logits
             manual = torch.cat([manual, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert generated.tolist() == manual.tolist()
 
@@ -278,31 +278,31 @@ def test_sampling_is_seeded_and_streaming_matches():
 def test_truncated_first_image_uses_trailing_tokens():
     """A sequence cut from the left keeps its image's last visual tokens, like the released merge."""
     model = tiny_model()
-    pixel_values, grid_thws = random_images(model.config, [[1, 4, 6], [1, 2, 2]])
+    pixel_values, image_grid_thw = random_images(model.config, [[1, 4, 6], [1, 2, 2]])
     full = [5] + image_ids(6) + [7] + image_ids(1) + [8]
     cut = full[4:]  # drops the start indicator and the first two visual tokens of the first image
     with torch.no_grad():
-        visual = reference_visual_embeddings(model, pixel_values, grid_thws)
-        full_embeds = reference_inputs_embeds(model, torch.tensor(full), pixel_values, grid_thws)
+        visual = reference_visual_embeddings(model, pixel_values, image_grid_thw)
+        full_embeds = reference_inputs_embeds(model, torch.tensor(full), pixel_values, image_grid_thw)
         hidden = model.model.language_model(inputs_embeds=full_embeds[None, 4:]).last_hidden_state
         expected = model.lm_head(hidden)[0]
-        ours = model(input_ids=torch.tensor([cut]), pixel_values=pixel_values, grid_thws=grid_thws).logits[0]
+        ours = model(input_ids=torch.tensor([cut]), pixel_values=pixel_values, image_grid_thw=image_grid_thw).logits[0]
     assert len(visual) == 7
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_generation_condition_is_last_normed_and_previous_raw_hidden_state():
     model = tiny_model(text={"num_hidden_layers": 3})
-    pixel_values, grid_thws = random_images(model.config, [[1, 4, 4]])
+    pixel_values, image_grid_thw = random_images(model.config, [[1, 4, 4]])
     ids, mask = left_pad([[5] + image_ids(4) + [6], [7, 8] + image_ids(4) + [9, 10, 11]])
     pixel_values = torch.cat([pixel_values, pixel_values])
-    grid_thws = torch.cat([grid_thws, grid_thws])
+    image_grid_thw = torch.cat([image_grid_thw, image_grid_thw])
     layers = model.model.language_model.layers
     captured = []
     for layer in layers[-2:]:
         layer.register_forward_hook(lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output))
     with torch.no_grad():
-        condition = model.get_generation_condition(ids, mask, pixel_values, grid_thws)
+        condition = model.get_generation_condition(ids, mask, pixel_values, image_grid_thw)
     previous, last = captured  # hooks fire in layer order
     expected = torch.cat([model.model.language_model.norm(last), previous], dim=-1)
     assert condition.shape == (2, ids.shape[1], 2 * model.config.hidden_size)
@@ -311,7 +311,7 @@ def test_generation_condition_is_last_normed_and_previous_raw_hidden_state():
 
     # Left padding does not change a row's condition.
     with torch.no_grad():
-        alone = model.get_generation_condition(ids[:1, 3:], None, pixel_values[:16], grid_thws[:1])
+        alone = model.get_generation_condition(ids[:1, 3:], None, pixel_values[:16], image_grid_thw[:1])
     torch.testing.assert_close(condition[0, 3:], alone[0], atol=1e-5, rtol=1e-5)
 
 
@@ -320,11 +320,11 @@ def test_eager_and_sdpa_agree():
     sdpa = tiny_model(attn_implementation="sdpa")
     assert eager.model.vision_tower.config._attn_implementation == "eager"
     assert sdpa.model.language_model.config._attn_implementation == "sdpa"
-    pixel_values, grid_thws = random_images(eager.config, [[1, 10, 12], [1, 2, 2]])
+    pixel_values, image_grid_thw = random_images(eager.config, [[1, 10, 12], [1, 2, 2]])
     ids, mask = left_pad([[5] + image_ids(30) + [6], [7] + image_ids(1) + [8, 9]])
     with torch.no_grad():
-        a = eager(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, grid_thws=grid_thws).logits
-        b = sdpa(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, grid_thws=grid_thws).logits
+        a = eager(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, image_grid_thw=image_grid_thw).logits
+        b = sdpa(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, image_grid_thw=image_grid_thw).logits
     valid = mask.bool()
     torch.testing.assert_close(a[valid], b[valid], atol=1e-5, rtol=1e-5)
 
@@ -335,9 +335,9 @@ def test_gradient_checkpointing_gives_same_gradients():
         model.train()
         if checkpointing:
             model.activation_checkpointing_enable()
-        pixel_values, grid_thws = random_images(model.config, [[1, 4, 4]])
+        pixel_values, image_grid_thw = random_images(model.config, [[1, 4, 4]])
         ids = torch.tensor([[5] + image_ids(4) + [6, 7]])
-        model(input_ids=ids, pixel_values=pixel_values, grid_thws=grid_thws, labels=ids).loss.backward()
+        model(input_ids=ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw, labels=ids).loss.backward()
         return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
     plain, checkpointed = grads(False), grads(True)
@@ -351,9 +351,9 @@ def test_gradient_checkpointing_gives_same_gradients():
     "kwargs, message",
     [
         (dict(pixel_values=torch.randn(16, 10)), "pixel_values must have shape"),
-        (dict(grid_thws=torch.tensor([1, 4, 4])), "grid_thws must have shape"),
-        (dict(grid_thws=torch.tensor([[1, 4, 8]])), "describe 32 patches"),
-        (dict(grid_thws=torch.tensor([[1, 3, 4], [1, 1, 4]])), "multiples of 2"),
+        (dict(image_grid_thw=torch.tensor([1, 4, 4])), "image_grid_thw must have shape"),
+        (dict(image_grid_thw=torch.tensor([[1, 4, 8]])), "describe 32 patches"),
+        (dict(image_grid_thw=torch.tensor([[1, 3, 4], [1, 1, 4]])), "multiples of 2"),
         (dict(input_ids=torch.tensor([[5] + image_ids(6) + [6]])), "has 6 tokens but its image yields 4"),
         (dict(input_ids=torch.tensor([[5] + image_ids(2) + [6]])), "has 2 tokens but its image yields 4"),
         (dict(input_ids=torch.tensor([[5, 6]])), "have no placeholder tokens"),
@@ -361,8 +361,8 @@ def test_gradient_checkpointing_gives_same_gradients():
 )
 def test_bad_inputs_raise_clear_errors(kwargs, message):
     model = tiny_model()
-    pixel_values, grid_thws = random_images(model.config, [[1, 4, 4]])
-    inputs = dict(input_ids=torch.tensor([[5] + image_ids(4) + [6]]), pixel_values=pixel_values, grid_thws=grid_thws)
+    pixel_values, image_grid_thw = random_images(model.config, [[1, 4, 4]])
+    inputs = dict(input_ids=torch.tensor([[5] + image_ids(4) + [6]]), pixel_values=pixel_values, image_grid_thw=image_grid_thw)
     inputs.update(kwargs)
     with pytest.raises(ValueError, match=message):
         model(**inputs)
@@ -370,12 +370,12 @@ def test_bad_inputs_raise_clear_errors(kwargs, message):
 
 def test_half_precision_forward_on_cpu():
     model = tiny_model()
-    pixel_values, grid_thws = random_images(model.config, [[1, 4, 4]])
+    pixel_values, image_grid_thw = random_images(model.config, [[1, 4, 4]])
     ids = torch.tensor([[5] + image_ids(4) + [6]])
     with torch.no_grad():
-        reference = model(input_ids=ids, pixel_values=pixel_values, grid_thws=grid_thws).logits
+        reference = model(input_ids=ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw).logits
         for dtype in (torch.bfloat16, torch.float16):
-            logits = model.to(dtype)(input_ids=ids, pixel_values=pixel_values, grid_thws=grid_thws).logits
+            logits = model.to(dtype)(input_ids=ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw).logits
             assert logits.dtype == dtype
             torch.testing.assert_close(logits.float(), reference, atol=0.1, rtol=0.1)
             model.float()

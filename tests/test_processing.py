@@ -49,7 +49,7 @@ def test_token_ids(processor, tokenizer):
     assert processor.image_start_token_id == tokenizer.convert_tokens_to_ids("<|vision_start|>")
     assert processor.image_end_token_id == tokenizer.convert_tokens_to_ids("<|vision_end|>")
     assert processor.multimodal_max_length == 2048
-    assert sorted(processor.model_input_names) == ["attention_mask", "grid_thws", "input_ids", "pixel_values"]
+    assert sorted(processor.model_input_names) == ["attention_mask", "image_grid_thw", "input_ids", "pixel_values"]
 
 
 def test_single_image_expansion(processor, tokenizer):
@@ -59,7 +59,7 @@ def test_single_image_expansion(processor, tokenizer):
     assert out["input_ids"].dtype == torch.int64 and out["attention_mask"].dtype == torch.int64
     assert out["input_ids"].tolist() == [expected]
     assert out["attention_mask"].tolist() == [[1] * len(expected)]
-    assert out["grid_thws"].tolist() == [[1, 4, 6]]
+    assert out["image_grid_thw"].tolist() == [[1, 4, 6]]
     expected_pixels = processor.image_processor(picture, return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(out["pixel_values"], expected_pixels)
 
@@ -83,7 +83,7 @@ def test_several_images_flat_or_nested(processor, tokenizer):
     nested = processor(images=[[a], [b, c]], text=texts)
     for key in flat:
         torch.testing.assert_close(flat[key], nested[key])
-    assert flat["grid_thws"].tolist() == [[1, 4, 4], [1, 4, 6], [1, 8, 4]]
+    assert flat["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 6], [1, 8, 4]]
     expected_pixels = np.concatenate([processor.image_processor(x)["pixel_values"] for x in (a, b, c)])
     np.testing.assert_array_equal(flat["pixel_values"].numpy(), expected_pixels)
     second = (
@@ -131,7 +131,7 @@ def test_truncation_keeps_last_tokens_and_drops_images_left_out(processor, token
     out, full, logs = truncation_case(processor, tokenizer, after + 1)
     assert out["input_ids"][0].tolist() == full[-(after + 1) :]
     assert out["input_ids"][0, 0] == processor.image_end_token_id
-    assert "pixel_values" not in out and "grid_thws" not in out
+    assert "pixel_values" not in out and "image_grid_thw" not in out
     assert "keeping its last" in logs and "1 image(s) dropped" in logs
 
 
@@ -141,7 +141,7 @@ def test_truncation_keeps_an_image_cut_in_part_whole(processor, tokenizer, visua
     out, full, logs = truncation_case(processor, tokenizer, after + 1 + visual_tokens_kept)
     assert out["input_ids"][0].tolist() == full[-(after + 1 + visual_tokens_kept) :]
     assert (out["input_ids"] == processor.image_token_id).sum() == visual_tokens_kept
-    assert out["grid_thws"].tolist() == [[1, 4, 4]] and out["pixel_values"].shape == (16, 588)
+    assert out["image_grid_thw"].tolist() == [[1, 4, 4]] and out["pixel_values"].shape == (16, 588)
     assert "0 image(s) dropped" in logs
 
 
@@ -151,10 +151,10 @@ def test_truncation_default_attribute_and_batch(processor, tokenizer):
     with CaptureLogger(processing_ovis_u1.logger) as logs:
         out = processor(images=[image(56, 56, 1), image(84, 56, 2)], text=texts)
     assert out["input_ids"].shape[1] == 30 and "Sequence 0" in logs.out and "Sequence 1" not in logs.out
-    assert out["grid_thws"].tolist() == [[1, 4, 6]]  # the first sample's image was cut out
+    assert out["image_grid_thw"].tolist() == [[1, 4, 6]]  # the first sample's image was cut out
     with CaptureLogger(processing_ovis_u1.logger) as logs:
         out = processor(images=[image(56, 56, 1), image(84, 56, 2)], text=texts, multimodal_max_length=1000)
-    assert logs.out == "" and out["grid_thws"].shape == (2, 3)
+    assert logs.out == "" and out["image_grid_thw"].shape == (2, 3)
 
 
 @pytest.mark.parametrize(
@@ -186,7 +186,7 @@ def test_bad_text_and_modalities(processor):
 
 def test_image_processor_overrides(processor):
     out = processor(images=image(84, 56), text="<image>", max_pixels=28 * 28 * 4)
-    assert out["grid_thws"].tolist() == [[1, 2, 4]]  # 56 x 84 scaled down into 28 x 28 x 4 pixels: 28 x 56
+    assert out["image_grid_thw"].tolist() == [[1, 2, 4]]  # 56 x 84 scaled down into 28 x 28 x 4 pixels: 28 x 56
     assert (out["input_ids"] == processor.image_token_id).sum() == 2
 
 
@@ -270,7 +270,7 @@ def test_apply_chat_template_tokenizes_with_images(processor):
     out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     direct = processor(images=picture, text=prompt)
-    assert set(out) == set(direct) == {"input_ids", "attention_mask", "pixel_values", "grid_thws"}
+    assert set(out) == set(direct) == {"input_ids", "attention_mask", "pixel_values", "image_grid_thw"}
     for key in out:
         torch.testing.assert_close(out[key], direct[key])
 

@@ -14,10 +14,10 @@ from tiny_models import image_ids, tiny_model
 
 
 def inputs_for(model):
-    grid_thws = torch.tensor([[1, 4, 6], [1, 2, 2]])
-    pixel_values = torch.randn(int(grid_thws.prod(-1).sum()), 588, generator=torch.Generator().manual_seed(0))
+    image_grid_thw = torch.tensor([[1, 4, 6], [1, 2, 2]])
+    pixel_values = torch.randn(int(image_grid_thw.prod(-1).sum()), 588, generator=torch.Generator().manual_seed(0))
     input_ids = torch.tensor([[5, 6] + image_ids(6) + [7] + image_ids(1) + [8]])
-    return dict(input_ids=input_ids, pixel_values=pixel_values, grid_thws=grid_thws)
+    return dict(input_ids=input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw)
 
 
 def test_round_trip_and_auto_classes(tmp_path):

@@ -206,7 +206,7 @@ class OvisU1ImageProcessor(BaseImageProcessor):
     orientation applied, converted to RGB, resized with [`smart_resize`] to multiples of `patch_size * hidden_stride`,
     rescaled, normalized, and cut into patches. Patches are ordered so that each `hidden_stride x hidden_stride`
     group of neighbouring patches (one visual token) is consecutive, groups in raster order. The rows of all images
-    are concatenated; `grid_thws` gives each image's `(t, grid_h, grid_w)` in patches.
+    are concatenated; `image_grid_thw` gives each image's `(t, grid_h, grid_w)` in patches.
 
     Args:
         do_convert_rgb (`bool`, *optional*, defaults to `True`):
@@ -236,7 +236,7 @@ class OvisU1ImageProcessor(BaseImageProcessor):
             Frames per patch along time; a still image fills every frame.
     """
 
-    model_input_names = ["pixel_values", "grid_thws"]
+    model_input_names = ["pixel_values", "image_grid_thw"]
     valid_kwargs = OvisU1ImageProcessorKwargs
     # Exposed on the class so that the diffusion pipelines reach them through their processor component.
     smart_resize = staticmethod(smart_resize)
@@ -305,7 +305,7 @@ class OvisU1ImageProcessor(BaseImageProcessor):
             [`BatchFeature`]: with
             - **pixel_values** -- float32 `(num_patches, channels * temporal_patch_size * patch_size**2)`, the
               patches of all images, image after image.
-            - **grid_thws** -- int64 `(num_images, 3)`: each image's `(t, grid_h, grid_w)` in patches; its rows in
+            - **image_grid_thw** -- int64 `(num_images, 3)`: each image's `(t, grid_h, grid_w)` in patches; its rows in
               `pixel_values` number `t * grid_h * grid_w` and it makes `t * grid_h * grid_w // hidden_stride**2`
               visual tokens.
         """
@@ -331,7 +331,7 @@ class OvisU1ImageProcessor(BaseImageProcessor):
         if not images:
             raise ValueError("Got no images to process.")
 
-        all_patches, grid_thws = [], []
+        all_patches, image_grid_thw = [], []
         for image in images:
             image = to_pil_image(image)
             if do_convert_rgb:
@@ -353,9 +353,9 @@ class OvisU1ImageProcessor(BaseImageProcessor):
             pixels = pixels.transpose(2, 0, 1)
             patches, grid_thw = self._patchify(pixels, patch_size, hidden_stride, temporal_patch_size)
             all_patches.append(patches)
-            grid_thws.append(grid_thw)
+            image_grid_thw.append(grid_thw)
 
-        data = {"pixel_values": np.concatenate(all_patches), "grid_thws": np.array(grid_thws, dtype=np.int64)}
+        data = {"pixel_values": np.concatenate(all_patches), "image_grid_thw": np.array(image_grid_thw, dtype=np.int64)}
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     @staticmethod

@@ -86,13 +86,13 @@ class OvisU1VisionEmbeddings(nn.Module):
             self.num_positions = (config.image_size // config.patch_size) ** 2
             self.position_embedding = nn.Embedding(self.num_positions, config.hidden_size)
 
-    def interpolate_position_embedding(self, grid_thws: torch.Tensor) -> torch.Tensor:
+    def interpolate_position_embedding(self, grid_thw: torch.Tensor) -> torch.Tensor:
         """The learned embedding resized to every `(t, h, w)` grid, laid out in the processor's patch order."""
         weight = self.position_embedding.weight.float()
         side = int(self.num_positions**0.5)
         stride = self.config.hidden_stride
         embeddings = []
-        for t, h, w in grid_thws.tolist():
+        for t, h, w in grid_thw.tolist():
             if self.config.interpolate_pe_method == "two_dim":
                 grid = weight.reshape(1, side, side, -1).permute(0, 3, 1, 2)
                 grid = nn.functional.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
@@ -104,7 +104,7 @@ class OvisU1VisionEmbeddings(nn.Module):
             embeddings.append(pe.reshape(h * w, -1).repeat(t, 1))
         return torch.cat(embeddings)
 
-    def forward(self, pixel_values: torch.Tensor, grid_thws: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         weight = self.patch_embedding.weight
         # A stride-p convolution over p x p patches is a matmul; as one it is much faster on packed rows.
         embeddings = nn.functional.linear(
@@ -112,7 +112,7 @@ class OvisU1VisionEmbeddings(nn.Module):
         )
         embeddings = self.rms_norm(embeddings)
         if self.config.preserve_original_pe:
-            embeddings = embeddings + self.interpolate_position_embedding(grid_thws).to(embeddings.dtype)
+            embeddings = embeddings + self.interpolate_position_embedding(grid_thw).to(embeddings.dtype)
         return embeddings
 
 
@@ -334,7 +334,7 @@ class OvisU1VisionModel(OvisU1PreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def check_inputs(self, pixel_values: torch.Tensor, grid_thws: torch.Tensor) -> None:
+    def check_inputs(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> None:
         config = self.config
         row_size = config.num_channels * config.temporal_patch_size * config.patch_size**2
         if pixel_values.ndim != 2 or pixel_values.shape[1] != row_size:
@@ -342,14 +342,14 @@ class OvisU1VisionModel(OvisU1PreTrainedModel):
                 f"pixel_values must have shape (num_patches, {row_size}) as produced by OvisU1ImageProcessor, "
                 f"got {tuple(pixel_values.shape)}."
             )
-        if grid_thws is None or grid_thws.ndim != 2 or grid_thws.shape[1] != 3:
-            shape = None if grid_thws is None else tuple(grid_thws.shape)
-            raise ValueError(f"grid_thws must have shape (num_images, 3), got {shape}.")
-        if (grid_thws[:, 1:] % config.hidden_stride).any() or (grid_thws <= 0).any():
+        if grid_thw is None or grid_thw.ndim != 2 or grid_thw.shape[1] != 3:
+            shape = None if grid_thw is None else tuple(grid_thw.shape)
+            raise ValueError(f"image_grid_thw must have shape (num_images, 3), got {shape}.")
+        if (grid_thw[:, 1:] % config.hidden_stride).any() or (grid_thw <= 0).any():
             raise ValueError(f"Every grid (t, h, w) must be positive with h and w multiples of {config.hidden_stride}.")
-        if int(grid_thws.prod(-1).sum()) != pixel_values.shape[0]:
+        if int(grid_thw.prod(-1).sum()) != pixel_values.shape[0]:
             raise ValueError(
-                f"grid_thws describe {int(grid_thws.prod(-1).sum())} patches but pixel_values has "
+                f"image_grid_thw describe {int(grid_thw.prod(-1).sum())} patches but pixel_values has "
                 f"{pixel_values.shape[0]} rows."
             )
 
@@ -362,32 +362,32 @@ class OvisU1VisionModel(OvisU1PreTrainedModel):
         return hard_softmax(logits)
 
     def forward(
-        self, pixel_values: torch.Tensor, grid_thws: torch.Tensor, output_hidden_states: bool = False, **kwargs
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, output_hidden_states: bool = False, **kwargs
     ) -> OvisU1VisionOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(num_patches, num_channels * patch_size**2)`):
             Packed patches of all images, as produced by [`OvisU1ImageProcessor`].
-        grid_thws (`torch.LongTensor` of shape `(num_images, 3)`):
+        grid_thw (`torch.LongTensor` of shape `(num_images, 3)`):
             Patch grid `(t, h, w)` of each image.
         """
-        self.check_inputs(pixel_values, grid_thws)
+        self.check_inputs(pixel_values, grid_thw)
         config = self.config
         merge_unit = config.hidden_stride**2
-        hidden_states = self.embeddings(pixel_values, grid_thws)
+        hidden_states = self.embeddings(pixel_values, grid_thw)
         seq_length = hidden_states.shape[0]
 
         position_embeddings = None
         if self.rotary_emb is not None:
-            position_ids = get_vision_position_ids(grid_thws, config.hidden_stride)
+            position_ids = get_vision_position_ids(grid_thw, config.hidden_stride)
             position_embeddings = self.rotary_emb(position_ids.to(hidden_states.device))
 
-        cu_seqlens = get_vision_cu_seqlens(grid_thws).to(hidden_states.device)
+        cu_seqlens = get_vision_cu_seqlens(grid_thw).to(hidden_states.device)
         full_attention = config.fullatt_block_indexes
         window_index = None
         if full_attention is not None:
             # Windowed blocks see the tokens regrouped window by window (in units of merged patch groups).
             window_index, cu_window_seqlens = get_vision_window_index(
-                grid_thws, config.hidden_stride, config.window_size, config.patch_size
+                grid_thw, config.hidden_stride, config.window_size, config.patch_size
             )
             window_index = window_index.to(hidden_states.device)
             cu_window_seqlens = cu_window_seqlens.to(hidden_states.device)
@@ -455,9 +455,9 @@ class OvisU1Model(OvisU1PreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.Tensor, grid_thws: torch.Tensor) -> torch.Tensor:
+    def get_image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
         """Visual embeddings `(num_visual_tokens, hidden_size)` of the packed images, image after image."""
-        visual_tokens = self.vision_tower(pixel_values, grid_thws).visual_tokens
+        visual_tokens = self.vision_tower(pixel_values, image_grid_thw).visual_tokens
         return self.visual_embeddings_table(visual_tokens)
 
     def indicator_rows(self) -> list[int]:
@@ -468,20 +468,20 @@ class OvisU1Model(OvisU1PreTrainedModel):
         return [first + i for i in range(len(self.config.visual_indicator_token_ids))]
 
     def merge_image_features(
-        self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor, grid_thws
+        self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor, image_grid_thw
     ) -> torch.Tensor:
         """Writes the visual embeddings at the image placeholder positions of `inputs_embeds`."""
         mask = input_ids == self.config.image_token_id
         image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
         if int(mask.sum()) == image_features.shape[0]:
             return inputs_embeds.masked_scatter(mask[..., None], image_features)
-        return self.merge_truncated_image_features(input_ids, inputs_embeds, image_features, grid_thws)
+        return self.merge_truncated_image_features(input_ids, inputs_embeds, image_features, image_grid_thw)
 
-    def merge_truncated_image_features(self, input_ids, inputs_embeds, image_features, grid_thws) -> torch.Tensor:
+    def merge_truncated_image_features(self, input_ids, inputs_embeds, image_features, image_grid_thw) -> torch.Tensor:
         # A sequence cut to `multimodal_max_length` keeps its last tokens, so its first image may have lost its
         # opening indicator and leading placeholders: that run receives the image's trailing visual tokens, as in
         # the released model. Every other run must match its image exactly.
-        sizes = (grid_thws.prod(-1) // self.config.vision_config.hidden_stride**2).tolist()
+        sizes = (image_grid_thw.prod(-1) // self.config.vision_config.hidden_stride**2).tolist()
         features = list(image_features.split(sizes))
         mask = input_ids == self.config.image_token_id
         opening = self.config.visual_indicator_token_ids[0]
@@ -509,7 +509,7 @@ class OvisU1Model(OvisU1PreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
-        grid_thws: torch.LongTensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
@@ -519,7 +519,7 @@ class OvisU1Model(OvisU1PreTrainedModel):
         r"""
         pixel_values (`torch.FloatTensor` of shape `(num_patches, num_channels * patch_size**2)`, *optional*):
             Packed patches of all images of the batch, from [`OvisU1ImageProcessor`].
-        grid_thws (`torch.LongTensor` of shape `(num_images, 3)`, *optional*):
+        image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`, *optional*):
             Patch grid of each image; required with `pixel_values`.
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -540,8 +540,8 @@ class OvisU1Model(OvisU1PreTrainedModel):
         if input_ids is not None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
             if pixel_values is not None:
-                image_features = self.get_image_features(pixel_values, grid_thws)
-                inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features, grid_thws)
+                image_features = self.get_image_features(pixel_values, image_grid_thw)
+                inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features, image_grid_thw)
             for token_id, row in zip(self.config.visual_indicator_token_ids, self.indicator_rows()):
                 indicator = input_ids == token_id
                 if indicator.any():
@@ -594,15 +594,15 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def get_image_features(self, pixel_values: torch.Tensor, grid_thws: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values, grid_thws)
+    def get_image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values, image_grid_thw)
 
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
-        grid_thws: torch.LongTensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
@@ -614,7 +614,7 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
         r"""
         pixel_values (`torch.FloatTensor` of shape `(num_patches, num_channels * patch_size**2)`, *optional*):
             Packed patches of all images of the batch, from [`OvisU1ImageProcessor`].
-        grid_thws (`torch.LongTensor` of shape `(num_images, 3)`, *optional*):
+        image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`, *optional*):
             Patch grid of each image; required with `pixel_values`.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Targets for the next-token loss; `-100` is ignored.
@@ -637,7 +637,7 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
-            grid_thws=grid_thws,
+            image_grid_thw=image_grid_thw,
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
@@ -670,7 +670,7 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
-        grid_thws: torch.LongTensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
     ) -> torch.FloatTensor:
         """
         The condition of the image generator: for each token, the normed output of the last language-model layer
@@ -679,7 +679,7 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
-            grid_thws=grid_thws,
+            image_grid_thw=image_grid_thw,
             attention_mask=attention_mask,
             use_cache=False,
             output_hidden_states=True,

@@ -132,7 +132,7 @@ class OvisU1Processor(ProcessorMixin):
             - **attention_mask** -- int64 `(batch_size, sequence_length)`, 0 on padding.
             - **pixel_values** -- float32 `(num_patches, patch_dim)` of the images in the kept sequences (only when
               there are images).
-            - **grid_thws** -- int64 `(num_images, 3)`, one row per image in `pixel_values`.
+            - **image_grid_thw** -- int64 `(num_images, 3)`, one row per image in `pixel_values`.
 
             A sequence longer than the maximum length keeps its last tokens, with a warning; the images left without
             any `<|image_pad|>` token are dropped from `pixel_values`. An image cut in part is kept whole: its first
@@ -283,8 +283,8 @@ class OvisU1Processor(ProcessorMixin):
         flat_images = [image for images in images_per_text for image in images]
         if flat_images:
             image_inputs = self.image_processor(flat_images, return_tensors=None, **kwargs)
-            grid_thws = image_inputs["grid_thws"]
-            num_rows = grid_thws.prod(-1)
+            image_grid_thw = image_inputs["image_grid_thw"]
+            num_rows = image_grid_thw.prod(-1)
             hidden_stride = kwargs.get("hidden_stride", self.image_processor.hidden_stride)
             num_tokens = (num_rows // hidden_stride**2).tolist()
             row_ends = np.cumsum(num_rows).tolist()
@@ -316,7 +316,7 @@ class OvisU1Processor(ProcessorMixin):
         if kept_images:
             rows = [image_inputs["pixel_values"][row_ends[i] - num_rows[i] : row_ends[i]] for i in kept_images]
             data["pixel_values"] = np.concatenate(rows)
-            data["grid_thws"] = grid_thws[kept_images]
+            data["image_grid_thw"] = image_grid_thw[kept_images]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def _images_per_text(self, images, num_markers: list[int]) -> list[list]:
