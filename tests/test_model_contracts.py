@@ -159,3 +159,40 @@ def test_flex_attention_equals_sdpa_in_the_vision_encoder_and_the_language_model
         assert model.model.vision_tower.config._attn_implementation == "flex_attention"
         assert model.model.language_model.config._attn_implementation == "flex_attention"
         torch.testing.assert_close(model(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_get_image_features_returns_an_output_with_pooled_visual_embeddings(tester):
+    model = tiny_model()
+    inputs, _ = tester.prepare_inputs()
+    with torch.no_grad():
+        features = model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], output_hidden_states=True)
+        as_tuple = model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=False)
+        vision = model.model.vision_tower(inputs["pixel_values"], inputs["image_grid_thw"])
+        forward = model.model(**inputs)
+    assert torch.equal(features.last_hidden_state, vision.last_hidden_state)
+    assert len(features.hidden_states) == model.config.vision_config.num_hidden_layers + 1
+    assert [tuple(x.shape) for x in features.pooler_output] == [(4, 32), (2, 32)]
+    assert torch.equal(torch.cat(features.pooler_output), model.model.visual_embeddings_table(vision.visual_tokens))
+    assert torch.equal(torch.cat(features.pooler_output), forward.image_hidden_states)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], features.last_hidden_state)
+
+
+def test_inputs_embeds_with_pixel_values_equal_input_ids(tester):
+    model = tiny_model()
+    inputs, _ = tester.prepare_inputs()
+    input_ids = inputs.pop("input_ids")
+    inputs_embeds = model.get_input_embeddings()(input_ids)
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, **inputs).logits
+        torch.testing.assert_close(model(inputs_embeds=inputs_embeds, **inputs).logits, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_generate_from_inputs_embeds_with_images_equals_from_input_ids(tester, num_beams):
+    model = tiny_model()
+    inputs, _ = tester.prepare_inputs()
+    input_ids = inputs.pop("input_ids")
+    options = dict(max_new_tokens=5, do_sample=False, num_beams=num_beams, eos_token_id=None, pad_token_id=0)
+    from_ids = model.generate(input_ids=input_ids, **inputs, **options)
+    from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(input_ids), **inputs, **options)
+    assert from_embeds.tolist() == from_ids[:, input_ids.shape[1] :].tolist()  # new tokens only, as for any LM

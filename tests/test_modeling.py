@@ -143,11 +143,12 @@ def test_visual_tokens_and_embeddings():
     pixel_values, image_grid_thw = random_images(model.config, [[1, 4, 6], [1, 2, 2]])
     with torch.no_grad():
         tokens = model.model.vision_tower(pixel_values, image_grid_thw).visual_tokens
-        embeddings = model.get_image_features(pixel_values, image_grid_thw)
+        features = model.get_image_features(pixel_values, image_grid_thw)
         expected = reference_visual_embeddings(model, pixel_values, image_grid_thw)
     torch.testing.assert_close(tokens.sum(-1), torch.ones(len(tokens)))
     assert (tokens[:, -4:] == 0).all()  # indicator words are never predicted
-    torch.testing.assert_close(embeddings, expected, atol=1e-5, rtol=1e-5)
+    assert [len(x) for x in features.pooler_output] == [6, 1]  # one tensor per image: (4 * 6 + 2 * 2) / 2**2
+    torch.testing.assert_close(torch.cat(features.pooler_output), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_features_skip_the_final_norm():

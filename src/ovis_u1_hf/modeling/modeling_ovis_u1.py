@@ -10,7 +10,7 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 from transformers.utils import ModelOutput, logging
@@ -455,10 +455,26 @@ class OvisU1Model(OvisU1PreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
-        """Visual embeddings `(num_visual_tokens, hidden_size)` of the packed images, image after image."""
-        visual_tokens = self.vision_tower(pixel_values, image_grid_thw).visual_tokens
-        return self.visual_embeddings_table(visual_tokens)
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """
+        Runs the visual tokenizer and embeds its visual tokens with the visual embedding table.
+
+        Returns:
+            [`BaseModelOutputWithPooling`]: `last_hidden_state`, the vision encoder's output `(num_patches, hidden)`;
+            `pooler_output`, one `(num_visual_tokens, text_hidden_size)` tensor of visual embeddings per image;
+            `hidden_states` of the encoder when `output_hidden_states=True`.
+        """
+        vision_outputs = self.vision_tower(pixel_values, image_grid_thw, **kwargs)
+        embeddings = self.visual_embeddings_table(vision_outputs.visual_tokens)
+        sizes = (image_grid_thw.prod(-1) // self.config.vision_config.hidden_stride**2).tolist()
+        return BaseModelOutputWithPooling(
+            last_hidden_state=vision_outputs.last_hidden_state,
+            pooler_output=embeddings.split(sizes),
+            hidden_states=vision_outputs.hidden_states,
+        )
 
     def indicator_rows(self) -> list[int]:
         # QUIRK: the released model embeds its i-th indicator with row V - reserved - 1 + i, one row below the
@@ -467,34 +483,40 @@ class OvisU1Model(OvisU1PreTrainedModel):
         first = vision.vocab_size - vision.num_visual_indicator_tokens - 1
         return [first + i for i in range(len(self.config.visual_indicator_token_ids))]
 
-    def merge_image_features(
-        self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor, image_grid_thw
-    ) -> torch.Tensor:
-        """Writes the visual embeddings at the image placeholder positions of `inputs_embeds`."""
-        mask = input_ids == self.config.image_token_id
-        image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
-        if int(mask.sum()) == image_features.shape[0]:
-            return inputs_embeds.masked_scatter(mask[..., None], image_features)
-        return self.merge_truncated_image_features(input_ids, inputs_embeds, image_features, image_grid_thw)
+    def token_mask(
+        self, token_id: int, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor
+    ) -> torch.BoolTensor:
+        """Where `token_id` stands: read from `input_ids`, or else found in `inputs_embeds` by its input embedding."""
+        if input_ids is not None:
+            return input_ids == token_id
+        embedding = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+        return (inputs_embeds == embedding.to(inputs_embeds.dtype)).all(-1)
 
-    def merge_truncated_image_features(self, input_ids, inputs_embeds, image_features, image_grid_thw) -> torch.Tensor:
+    def merge_image_features(
+        self,
+        image_mask: torch.BoolTensor,
+        opening_mask: torch.BoolTensor,
+        inputs_embeds: torch.Tensor,
+        image_features: tuple[torch.Tensor, ...],
+    ) -> torch.Tensor:
+        """Writes each image's visual embeddings at its placeholder positions of `inputs_embeds`."""
+        flat = torch.cat(image_features).to(inputs_embeds.device, inputs_embeds.dtype)
+        if int(image_mask.sum()) == flat.shape[0]:
+            return inputs_embeds.masked_scatter(image_mask[..., None], flat)
         # A sequence cut to `multimodal_max_length` keeps its last tokens, so its first image may have lost its
         # opening indicator and leading placeholders: that run receives the image's trailing visual tokens, as in
         # the released model. Every other run must match its image exactly.
-        sizes = (image_grid_thw.prod(-1) // self.config.vision_config.hidden_stride**2).tolist()
-        features = list(image_features.split(sizes))
-        mask = input_ids == self.config.image_token_id
-        opening = self.config.visual_indicator_token_ids[0]
+        features = list(image_features)
         inputs_embeds = inputs_embeds.clone()
-        for row in range(mask.shape[0]):
-            positions = mask[row].nonzero().flatten()
+        for row in range(image_mask.shape[0]):
+            positions = image_mask[row].nonzero().flatten()
             if positions.numel() == 0:
                 continue
             for run in torch.tensor_split(positions, (positions.diff() != 1).nonzero().flatten() + 1):
                 if not features:
                     raise ValueError("The input ids hold more image placeholder runs than there are images.")
-                feature = features.pop(0)
-                cut = run[0] == 0 or input_ids[row, run[0] - 1] != opening
+                feature = features.pop(0).to(inputs_embeds.device, inputs_embeds.dtype)
+                cut = run[0] == 0 or not opening_mask[row, run[0] - 1]
                 if len(run) > len(feature) or (len(run) < len(feature) and not cut):
                     raise ValueError(
                         f"An image placeholder run has {len(run)} tokens but its image yields {len(feature)}."
@@ -521,32 +543,36 @@ class OvisU1Model(OvisU1PreTrainedModel):
             Packed patches of all images of the batch, from [`OvisU1ImageProcessor`].
         image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`, *optional*):
             Patch grid of each image; required with `pixel_values`.
+        inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
+            Input embeddings instead of `input_ids`; with `pixel_values`, the image placeholder and indicator
+            positions are those holding the input embeddings of their tokens.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
-        if pixel_values is not None and input_ids is None:
-            raise ValueError("pixel_values need input_ids to locate the image placeholder tokens.")
         if input_ids is not None and input_ids.ndim != 2:
             raise ValueError(f"input_ids must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}.")
-
-        if pixel_values is not None and not (input_ids == self.config.image_token_id).any():
-            # Checked before the vision tower runs: its features would have nowhere to go.
-            raise ValueError(
-                "pixel_values were given but the images have no placeholder tokens in input_ids: mark each image with "
-                "`<image>` in the text given to the processor (or leave pixel_values out for a text-only prompt)."
-            )
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
 
         image_features = None
-        if input_ids is not None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-            if pixel_values is not None:
-                image_features = self.get_image_features(pixel_values, image_grid_thw)
-                inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features, image_grid_thw)
-            for token_id, row in zip(self.config.visual_indicator_token_ids, self.indicator_rows()):
-                indicator = input_ids == token_id
-                if indicator.any():
-                    embedding = self.visual_embeddings_table.weight[row].to(inputs_embeds.dtype)
-                    inputs_embeds = torch.where(indicator[..., None], embedding, inputs_embeds)
+        if pixel_values is not None:
+            image_mask = self.token_mask(self.config.image_token_id, input_ids, inputs_embeds)
+            if not image_mask.any():
+                # Checked before the vision tower runs: its features would have nowhere to go.
+                raise ValueError(
+                    "pixel_values were given but the images have no placeholder tokens in input_ids: mark each image "
+                    "with `<image>` in the text given to the processor (or leave pixel_values out for a text-only "
+                    "prompt)."
+                )
+            opening_mask = self.token_mask(self.config.visual_indicator_token_ids[0], input_ids, inputs_embeds)
+            image_features = self.get_image_features(pixel_values, image_grid_thw, return_dict=True).pooler_output
+            inputs_embeds = self.merge_image_features(image_mask, opening_mask, inputs_embeds, image_features)
+            image_features = torch.cat(image_features)
+        for token_id, row in zip(self.config.visual_indicator_token_ids, self.indicator_rows()):
+            indicator = self.token_mask(token_id, input_ids, inputs_embeds)
+            if indicator.any():
+                embedding = self.visual_embeddings_table.weight[row].to(inputs_embeds.dtype)
+                inputs_embeds = torch.where(indicator[..., None], embedding, inputs_embeds)
 
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             # Left-padded rows count positions from their first real token, as generation does.
@@ -594,8 +620,10 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def get_image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values, image_grid_thw)
+    def get_image_features(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, image_grid_thw, **kwargs)
 
     @can_return_tuple
     def forward(
