@@ -188,8 +188,10 @@ def test_ordinary_prompts_give_the_released_tokens(t2i):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
         for generation_prompt in (False, True):
             rendered = processor.apply_chat_template(messages, add_generation_prompt=generation_prompt)
-            expected = processor(images=[IMAGE], text=rendered)
-            got = processor.encode_chat(messages, images=[IMAGE], add_generation_prompt=generation_prompt)
+            expected = processor(images=[IMAGE], text=rendered, return_tensors="pt")
+            got = processor.encode_chat(
+                messages, images=[IMAGE], add_generation_prompt=generation_prompt, return_tensors="pt"
+            )
             assert got.keys() == expected.keys()
             for key in expected:
                 torch.testing.assert_close(got[key], expected[key])
@@ -224,7 +226,7 @@ def test_typed_special_tokens_stay_text_in_chat(t2i, monkeypatch, typed):
 
 def test_the_processor_keeps_its_image_marker_for_prompts_built_by_hand(t2i):
     processor = t2i.processor
-    out = processor(images=[IMAGE], text="<image>\nWhat is it?")
+    out = processor(images=[IMAGE], text="<image>\nWhat is it?", return_tensors="pt")
     assert (out["input_ids"] == processor.image_start_token_id).sum() == 1
     assert out["image_grid_thw"].shape == (1, 3)
 

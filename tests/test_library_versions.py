@@ -42,11 +42,11 @@ def test_the_cache_goes_in_and_comes_out_under_the_installed_name():
     model = tiny_model()
     ids = torch.tensor([[5] + image_ids(4) + [6, 7, 8]])
     pixel_values = torch.randn(16, 588, generator=torch.Generator().manual_seed(0))
-    image_grid_thw = torch.tensor([[1, 4, 4]])
+    images = dict(pixel_values=pixel_values, image_grid_thw=torch.tensor([[1, 4, 4]]))
     with torch.no_grad():
-        full = model(input_ids=ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw).logits
+        full = model(input_ids=ids, **images).logits
         for module in (model, model.model):
-            prefix = module(input_ids=ids[:, :-1], pixel_values=pixel_values, image_grid_thw=image_grid_thw, use_cache=True)
+            prefix = module(input_ids=ids[:, :-1], **images, use_cache=True)
             cache = prefix[INSTALLED_CACHE_NAME]
             assert isinstance(cache, Cache) and cache.get_seq_length() == ids.shape[1] - 1
             step = module(input_ids=ids[:, -1:], use_cache=True, **{INSTALLED_CACHE_NAME: cache})

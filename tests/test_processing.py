@@ -54,7 +54,7 @@ def test_token_ids(processor, tokenizer):
 
 def test_single_image_expansion(processor, tokenizer):
     picture = image(84, 56)  # grid (1, 4, 6): 24 patches, 6 visual tokens
-    out = processor(images=picture, text="<image>\nDescribe the image.")
+    out = processor(images=picture, text="<image>\nDescribe the image.", return_tensors="pt")
     expected = encode(tokenizer, "") + image_span(processor, 6) + encode(tokenizer, "\nDescribe the image.")
     assert out["input_ids"].dtype == torch.int64 and out["attention_mask"].dtype == torch.int64
     assert out["input_ids"].tolist() == [expected]
@@ -66,7 +66,7 @@ def test_single_image_expansion(processor, tokenizer):
 
 def test_chunks_are_tokenized_alone(processor, tokenizer):
     text = "Image 1: <image>\nWhat is in the picture?"
-    ids = processor(images=image(56, 56), text=text)["input_ids"][0].tolist()
+    ids = processor(images=image(56, 56), text=text, return_tensors="pt")["input_ids"][0].tolist()
     before, after = encode(tokenizer, "Image 1: "), encode(tokenizer, "\nWhat is in the picture?")
     assert ids == before + image_span(processor, 4) + after
     # Alone, the chunks end with a bare space and start with a bare newline ...
@@ -79,8 +79,8 @@ def test_chunks_are_tokenized_alone(processor, tokenizer):
 def test_several_images_flat_or_nested(processor, tokenizer):
     a, b, c = image(56, 56, 1), image(84, 56, 2), image(56, 112, 3)  # 4, 6 and 8 visual tokens
     texts = ["<image>\nfirst", "Image 1: <image>\nImage 2: <image>\nsecond"]
-    flat = processor(images=[a, b, c], text=texts)
-    nested = processor(images=[[a], [b, c]], text=texts)
+    flat = processor(images=[a, b, c], text=texts, return_tensors="pt")
+    nested = processor(images=[[a], [b, c]], text=texts, return_tensors="pt")
     for key in flat:
         torch.testing.assert_close(flat[key], nested[key])
     assert flat["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 6], [1, 8, 4]]
@@ -99,9 +99,9 @@ def test_several_images_flat_or_nested(processor, tokenizer):
 
 def test_left_padding(processor, tokenizer):
     picture = image(56, 56)
-    out = processor(images=[picture], text=["short", "<image>\nA longer text with an image."])
-    alone = processor(text="short")["input_ids"][0].tolist()
-    full = processor(images=picture, text="<image>\nA longer text with an image.")["input_ids"][0].tolist()
+    out = processor(images=[picture], text=["short", "<image>\nA longer text with an image."], return_tensors="pt")
+    alone = processor(text="short", return_tensors="pt")["input_ids"][0].tolist()
+    full = processor(images=picture, text="<image>\nA longer text with an image.", return_tensors="pt")["input_ids"][0].tolist()
     pad = len(full) - len(alone)
     assert out["input_ids"].tolist() == [[tokenizer.pad_token_id] * pad + alone, full]
     assert out["attention_mask"].tolist() == [[0] * pad + [1] * len(alone), [1] * len(full)]
@@ -109,7 +109,7 @@ def test_left_padding(processor, tokenizer):
 
 
 def test_text_only(processor, tokenizer):
-    out = processor(text=["<|im_start|>user\nHello<|im_end|>\n", "Hi"])
+    out = processor(text=["<|im_start|>user\nHello<|im_end|>\n", "Hi"], return_tensors="pt")
     assert set(out) == {"input_ids", "attention_mask"}
     assert out["input_ids"][0].tolist() == encode(tokenizer, "<|im_start|>user\nHello<|im_end|>\n")
     assert processor(text="Hi", return_tensors=None)["input_ids"] == [encode(tokenizer, "Hi")]
@@ -118,10 +118,10 @@ def test_text_only(processor, tokenizer):
 def truncation_case(processor, tokenizer, max_length):
     """An image (4 visual tokens) between two texts; returns the output, the full sequence and the logs."""
     text = "A first text.<image>\nthe question?"
-    full = processor(images=image(56, 56), text=text)["input_ids"][0].tolist()
+    full = processor(images=image(56, 56), text=text, return_tensors="pt")["input_ids"][0].tolist()
     logger = processing_ovis_u1.logger
     with CaptureLogger(logger) as logs:
-        out = processor(images=image(56, 56), text=text, multimodal_max_length=max_length)
+        out = processor(images=image(56, 56), text=text, truncation=True, max_length=max_length, return_tensors="pt")
     return out, full, logs.out
 
 
@@ -149,11 +149,11 @@ def test_truncation_default_attribute_and_batch(processor, tokenizer):
     texts = ["<image>\n" + "the question? " * 20, "<image>\nshort"]
     processor.multimodal_max_length = 30
     with CaptureLogger(processing_ovis_u1.logger) as logs:
-        out = processor(images=[image(56, 56, 1), image(84, 56, 2)], text=texts)
+        out = processor(images=[image(56, 56, 1), image(84, 56, 2)], text=texts, return_tensors="pt")
     assert out["input_ids"].shape[1] == 30 and "Sequence 0" in logs.out and "Sequence 1" not in logs.out
     assert out["image_grid_thw"].tolist() == [[1, 4, 6]]  # the first sample's image was cut out
     with CaptureLogger(processing_ovis_u1.logger) as logs:
-        out = processor(images=[image(56, 56, 1), image(84, 56, 2)], text=texts, multimodal_max_length=1000)
+        out = processor(images=[image(56, 56, 1), image(84, 56, 2)], text=texts, truncation=True, max_length=1000, return_tensors="pt")
     assert logs.out == "" and out["image_grid_thw"].shape == (2, 3)
 
 
@@ -170,22 +170,22 @@ def test_truncation_default_attribute_and_batch(processor, tokenizer):
 def test_marker_count_mismatch_raises_before_image_work(processor, images, text, match):
     # The "images" are strings that are not images: any image work would fail differently.
     with pytest.raises(ValueError, match=match):
-        processor(images=images, text=text)
+        processor(images=images, text=text, return_tensors="pt")
 
 
 def test_bad_text_and_modalities(processor):
     with pytest.raises(ValueError, match="`text` is required"):
-        processor(images=image(56, 56))
+        processor(images=image(56, 56), return_tensors="pt")
     with pytest.raises(ValueError, match="list of strings"):
-        processor(text=[1, 2])
+        processor(text=[1, 2], return_tensors="pt")
     with pytest.raises(ValueError, match="non-empty list"):
-        processor(text=[])
+        processor(text=[], return_tensors="pt")
     with pytest.raises(ValueError, match="images and text only"):
-        processor(text="hi", videos=[np.zeros((2, 56, 56, 3), np.uint8)])
+        processor(text="hi", videos=[np.zeros((2, 56, 56, 3), np.uint8)], return_tensors="pt")
 
 
 def test_image_processor_overrides(processor):
-    out = processor(images=image(84, 56), text="<image>", max_pixels=28 * 28 * 4)
+    out = processor(images=image(84, 56), text="<image>", max_pixels=28 * 28 * 4, return_tensors="pt")
     assert out["image_grid_thw"].tolist() == [[1, 2, 4]]  # 56 x 84 scaled down into 28 x 28 x 4 pixels: 28 x 56
     assert (out["input_ids"] == processor.image_token_id).sum() == 2
 
@@ -267,16 +267,18 @@ def test_chat_template_multi_turn(processor, thinking):
 def test_apply_chat_template_tokenizes_with_images(processor):
     picture = image(84, 56)
     messages = [user({"type": "image", "image": picture}, text("What is this?"))]
-    out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    out = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    direct = processor(images=picture, text=prompt)
+    direct = processor(images=picture, text=prompt, return_tensors="pt")
     assert set(out) == set(direct) == {"input_ids", "attention_mask", "pixel_values", "image_grid_thw"}
     for key in out:
         torch.testing.assert_close(out[key], direct[key])
 
 
 def test_decode(processor, tokenizer):
-    ids = processor(text="<|im_start|>user\nHello<|im_end|>")["input_ids"]
+    ids = processor(text="<|im_start|>user\nHello<|im_end|>", return_tensors="pt")["input_ids"]
     assert processor.batch_decode(ids) == ["<|im_start|>user\nHello<|im_end|>"]
     assert processor.decode(ids[0], skip_special_tokens=True) == "user\nHello"
 
@@ -291,10 +293,15 @@ def test_save_load_round_trip(processor, tmp_path):
     assert loaded.chat_template == processor.chat_template == processing_ovis_u1.CHAT_TEMPLATE
     assert loaded.image_processor.to_dict() == processor.image_processor.to_dict()
     assert loaded.image_token_id == processor.image_token_id
+    # Saved again and reloaded, the processor is the same (saving adds `auto_map` to the saved object, so compare
+    # with its dictionary from before).
+    expected_dict = loaded.to_dict()
+    loaded.save_pretrained(tmp_path / "again")
+    assert OvisU1Processor.from_pretrained(tmp_path / "again").to_dict() == expected_dict
     messages = [user(IMG, text("What is this? " * 10))]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    expected = processor(images=image(84, 56), text=prompt)
-    actual = loaded(images=image(84, 56), text=prompt)
+    expected = processor(images=image(84, 56), text=prompt, return_tensors="pt")
+    actual = loaded(images=image(84, 56), text=prompt, return_tensors="pt")
     assert expected["input_ids"].shape[1] == 40
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key])

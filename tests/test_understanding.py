@@ -76,7 +76,7 @@ def test_truncated_sequence_matches_manual_truncation(processor):
     prompt = processor.apply_chat_template(chat("describe"), add_generation_prompt=True)
     full = processor(images=[image], text=prompt, return_tensors="pt")
     keep = full["input_ids"].shape[1] - 6
-    cut = processor(images=[image], text=prompt, multimodal_max_length=keep, return_tensors="pt")
+    cut = processor(images=[image], text=prompt, truncation=True, max_length=keep, return_tensors="pt")
     assert cut["input_ids"].shape[1] == keep
     with torch.no_grad():
         embeds = {}

@@ -27,7 +27,11 @@ def stream_answer(
     content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
     # The question is typed text: `<image>` or special tokens in it stay text.
     inputs = processor.encode_chat(
-        [{"role": "user", "content": content}], images=images or None, add_generation_prompt=True, enable_thinking=think
+        [{"role": "user", "content": content}],
+        images=images or None,
+        add_generation_prompt=True,
+        enable_thinking=think,
+        return_tensors="pt",
     )
     inputs = inputs.to(device or model.device)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -7,11 +7,11 @@ import re
 import numpy as np
 from transformers import AutoTokenizer
 from transformers.image_processing_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
-from transformers.utils import TensorType, logging
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.utils import logging
 
 from .configuration_ovis_u1 import check_pretrained_path
-from .image_processing_ovis_u1 import OvisU1ImageProcessor
+from .image_processing_ovis_u1 import OvisU1ImageProcessor, OvisU1ImageProcessorKwargs
 
 
 logger = logging.get_logger(__name__)
@@ -50,6 +50,10 @@ CHAT_TEMPLATE = (
 _TEXT_SLOT = re.compile("\ue000([0-9]+)\ue001")
 
 
+class OvisU1ProcessorKwargs(ProcessingKwargs, total=False):
+    images_kwargs: OvisU1ImageProcessorKwargs
+
+
 class OvisU1Processor(ProcessorMixin):
     r"""
     Constructs an Ovis-U1 processor from an [`OvisU1ImageProcessor`] and a Qwen2 tokenizer (the released Qwen3
@@ -70,7 +74,12 @@ class OvisU1Processor(ProcessorMixin):
             format (`CHAT_TEMPLATE`), which takes `enable_thinking` (default `False`).
         multimodal_max_length (`int`, *optional*, defaults to 2048):
             Longest token sequence (visual tokens included); longer ones keep their last tokens. `None` disables it.
+            A call overrides it with `truncation=True, max_length=N`, or turns it off with `truncation=False`.
     """
+
+    valid_processor_kwargs = OvisU1ProcessorKwargs
+    # Sequences are LEFT-padded to the longest, as generation needs.
+    text_kwargs = {"padding": True, "padding_side": "left"}
 
     image_token = "<image>"
     image_start_token = "<|vision_start|>"
@@ -103,14 +112,10 @@ class OvisU1Processor(ProcessorMixin):
         self,
         images=None,
         text: str | list[str] | None = None,
-        videos=None,
-        audio=None,
-        multimodal_max_length: int | None = None,
-        return_tensors: str | TensorType | None = "pt",
-        **kwargs,
+        **kwargs: Unpack[OvisU1ProcessorKwargs],
     ) -> BatchFeature:
         """
-        Tokenizes texts with their images into left-padded sequences, and processes the images.
+        Tokenizes texts with their images into padded sequences, and processes the images.
 
         Args:
             images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, a list of them, or a list of lists, *optional*):
@@ -119,32 +124,31 @@ class OvisU1Processor(ProcessorMixin):
             text (`str` or `list[str]`):
                 The texts (already chat-formatted, see [`~ProcessorMixin.apply_chat_template`]), with one `<image>`
                 marker per image.
-            multimodal_max_length (`int`, *optional*):
-                Overrides `self.multimodal_max_length` for this call.
-            return_tensors (`str` or [`~utils.TensorType`], *optional*, defaults to `"pt"`):
-                `"pt"` for PyTorch tensors, `"np"` for numpy arrays, `None` for lists.
             **kwargs:
-                Overrides of the image processor's settings, e.g. `max_pixels`.
+                Routed as in every transformers processor, flat or nested (`text_kwargs={...}`,
+                `images_kwargs={...}`; the same argument given both ways is an error). Text: `padding` (default
+                `True`: to the longest), `padding_side` (default `"left"`), `max_length`, `pad_to_multiple_of`,
+                `truncation` (see below), `return_attention_mask`. Images: the image processor's settings, e.g.
+                `max_pixels`. `return_tensors`: `"pt"`, `"np"`, or `None` (default) for lists.
 
         Returns:
             [`BatchFeature`]: with
-            - **input_ids** -- int64 `(batch_size, sequence_length)`, LEFT-padded with the pad token.
-            - **attention_mask** -- int64 `(batch_size, sequence_length)`, 0 on padding.
+            - **input_ids** -- `(batch_size, sequence_length)`, padded with the pad token.
+            - **attention_mask** -- `(batch_size, sequence_length)`, 0 on padding.
             - **pixel_values** -- float32 `(num_patches, patch_dim)` of the images in the kept sequences (only when
               there are images).
             - **image_grid_thw** -- int64 `(num_images, 3)`, one row per image in `pixel_values`.
 
-            A sequence longer than the maximum length keeps its last tokens, with a warning; the images left without
-            any `<|image_pad|>` token are dropped from `pixel_values`. An image cut in part is kept whole: its first
-            `<|image_pad|>` run is then shorter than its visual tokens, and the model uses that image's LAST tokens.
+            A sequence longer than `multimodal_max_length` (or, with `truncation=True`, `max_length`) keeps its
+            last tokens, with a warning; the images left without any `<|image_pad|>` token are dropped from
+            `pixel_values`. An image cut in part is kept whole: its first `<|image_pad|>` run is then shorter than
+            its visual tokens, and the model uses that image's LAST tokens.
         """
-        if videos is not None or audio is not None:
-            raise ValueError("Ovis-U1 takes images and text only.")
         if text is None:
             raise ValueError("`text` is required: mark each image with `<image>` in it.")
         texts = self._check_texts(text)
         chunk_ids = [self.tokenizer(t.split(self.image_token), add_special_tokens=False)["input_ids"] for t in texts]
-        return self._build(chunk_ids, images, multimodal_max_length, return_tensors, **kwargs)
+        return self._build(chunk_ids, images, **kwargs)
 
     def encode_chat(
         self,
@@ -152,9 +156,7 @@ class OvisU1Processor(ProcessorMixin):
         images=None,
         add_generation_prompt: bool = False,
         enable_thinking: bool = False,
-        multimodal_max_length: int | None = None,
-        return_tensors: str | TensorType | None = "pt",
-        **kwargs,
+        **kwargs: Unpack[OvisU1ProcessorKwargs],
     ) -> BatchFeature:
         """
         Formats conversations with the chat template and tokenizes them as [`~OvisU1Processor.__call__`] does, but
@@ -172,7 +174,7 @@ class OvisU1Processor(ProcessorMixin):
                 End with the assistant prefix.
             enable_thinking (`bool`, defaults to `False`):
                 Leave out the empty think block of the assistant turns.
-            multimodal_max_length, return_tensors, **kwargs:
+            **kwargs:
                 As for `__call__`.
 
         Returns:
@@ -189,7 +191,7 @@ class OvisU1Processor(ProcessorMixin):
                 conversation, add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking
             )
             chunk_ids.append(self._tokenize_with_literals(rendered, texts))
-        return self._build(chunk_ids, images, multimodal_max_length, return_tensors, **kwargs)
+        return self._build(chunk_ids, images, **kwargs)
 
     @staticmethod
     def _check_texts(text) -> list[str]:
@@ -275,17 +277,38 @@ class OvisU1Processor(ProcessorMixin):
         words = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer is not None else [(text, None)]
         return [token.id for word, _ in words for token in backend.model.tokenize(word)]
 
-    def _build(self, chunk_ids: list[list[list[int]]], images, multimodal_max_length, return_tensors, **kwargs):
+    def _build(self, chunk_ids: list[list[list[int]]], images, **kwargs) -> BatchFeature:
         """Expands the images between the token chunks of each text, truncates, pads, and processes the images."""
+        if any(kwargs.get(modality) is not None for modality in ("videos", "audio")):
+            raise ValueError("Ovis-U1 takes images and text only.")
+        if "multimodal_max_length" in kwargs:
+            raise ValueError(
+                "multimodal_max_length is a setting of the processor (saved with it); for one call, pass "
+                "truncation=True, max_length=N, or truncation=False."
+            )
+        output_kwargs = self._merge_kwargs(
+            OvisU1ProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
+        text_kwargs, images_kwargs = output_kwargs["text_kwargs"], output_kwargs["images_kwargs"]
+        return_tensors = text_kwargs.pop("return_tensors", None)
+        images_kwargs.pop("return_tensors", None)
+        # The merged sequence is cut as the released model cuts it (keeping the last tokens, images counted), so
+        # truncation happens here rather than in the tokenizer.
+        truncation = text_kwargs.pop("truncation", None)
+        if truncation is None:
+            max_length = self.multimodal_max_length
+        elif truncation in (False, "do_not_truncate"):
+            max_length = None
+        else:
+            max_length = text_kwargs.get("max_length") or self.multimodal_max_length
         images_per_text = self._images_per_text(images, [len(chunks) - 1 for chunks in chunk_ids])
-        max_length = self.multimodal_max_length if multimodal_max_length is None else multimodal_max_length
 
         flat_images = [image for images in images_per_text for image in images]
         if flat_images:
-            image_inputs = self.image_processor(flat_images, return_tensors=None, **kwargs)
+            image_inputs = self.image_processor(flat_images, return_tensors=None, **images_kwargs)
             image_grid_thw = image_inputs["image_grid_thw"]
             num_rows = image_grid_thw.prod(-1)
-            hidden_stride = kwargs.get("hidden_stride", self.image_processor.hidden_stride)
+            hidden_stride = images_kwargs.get("hidden_stride", self.image_processor.hidden_stride)
             num_tokens = (num_rows // hidden_stride**2).tolist()
             row_ends = np.cumsum(num_rows).tolist()
 
@@ -302,17 +325,22 @@ class OvisU1Processor(ProcessorMixin):
             kept = [image for image, last_pad in last_pads if last_pad >= cut]
             if cut:
                 logger.warning(
-                    f"Sequence {index} is {len(ids)} tokens long, longer than multimodal_max_length={max_length}: "
+                    f"Sequence {index} is {len(ids)} tokens long, longer than the maximum length {max_length}: "
                     f"keeping its last {max_length} tokens ({len(last_pads) - len(kept)} image(s) dropped)."
                 )
             sequences.append(ids[cut:])
             kept_images += kept
 
-        length = max(len(ids) for ids in sequences)
-        data = {
-            "input_ids": [[self.tokenizer.pad_token_id] * (length - len(ids)) + ids for ids in sequences],
-            "attention_mask": [[0] * (length - len(ids)) + [1] * len(ids) for ids in sequences],
-        }
+        padding = text_kwargs.get("padding", True)
+        padded = self.tokenizer.pad(
+            {"input_ids": sequences},
+            padding=padding,
+            max_length=text_kwargs.get("max_length") if padding == "max_length" else None,
+            pad_to_multiple_of=text_kwargs.get("pad_to_multiple_of"),
+            padding_side=text_kwargs.get("padding_side", "left"),
+            return_attention_mask=text_kwargs.get("return_attention_mask", True),
+        )
+        data = dict(padded)
         if kept_images:
             rows = [image_inputs["pixel_values"][row_ends[i] - num_rows[i] : row_ends[i]] for i in kept_images]
             data["pixel_values"] = np.concatenate(rows)
@@ -342,6 +370,6 @@ class OvisU1Processor(ProcessorMixin):
         return [list(images[start:end]) for start, end in zip(starts, starts[1:])]
 
 
-__all__ = ["CHAT_TEMPLATE", "OvisU1Processor"]
+__all__ = ["CHAT_TEMPLATE", "OvisU1Processor", "OvisU1ProcessorKwargs"]
 
 OvisU1Processor.register_for_auto_class("AutoProcessor")
