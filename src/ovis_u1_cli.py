@@ -83,6 +83,21 @@ def debug_option() -> argparse.ArgumentParser:
     return parser
 
 
+BATCH_KEYS = {
+    "generate": "prompt, and optionally negative_prompt, seed, height, width, steps, guidance, count, id",
+    "edit": "prompt, image, and optionally seed, height, width, steps, guidance, image_guidance, count, id",
+    "chat": "prompt, and optionally image (a path or a list), max_new_tokens, think, id",
+}
+
+
+def copy_options(source: argparse.ArgumentParser, target: argparse.ArgumentParser, skip=()) -> None:
+    """Gives `target` the optional arguments of `source` (as `parents=` would), so that `batch` keeps every option
+    of the single-job commands."""
+    for action in source._actions:
+        if action.option_strings and not set(action.option_strings) & set(skip):
+            target._add_action(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ovis-u1", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
@@ -169,6 +184,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output", default="ovis-u1-demo", help="folder for the images and report.md")
     demo.add_argument("--rebuild", action="store_true", help="build the cached demo checkpoint anew")
+
+    batch = commands.add_parser(
+        "batch",
+        help="run many chat, generate or edit jobs from a JSONL file, resumable, on one or several processes",
+        description="Runs the jobs of a JSONL file (one JSON object a line) and records each in OUTPUT_DIR/results.jsonl; "
+        "a rerun skips the jobs already done. Under `accelerate launch -m ovis_u1_hf.cli batch ...` or `torchrun "
+        "-m ovis_u1_hf.cli batch ...` the processes share the jobs.",
+        **common,
+    )
+    tasks = batch.add_subparsers(dest="batch_command", required=True, metavar="TASK")
+    for name, single in (("generate", generate), ("edit", edit), ("chat", chat)):
+        task = tasks.add_parser(
+            name,
+            help=f"`{name}` jobs; the `ovis-u1 {name}` options are the defaults of lines that leave them out",
+            **common,
+        )
+        task.add_argument("jobs", metavar="JOBS", help=f"JSONL file, one job a line: {BATCH_KEYS[name]}")
+        task.add_argument("--output-dir", required=True, help="folder for the outputs and results.jsonl")
+        task.add_argument(
+            "--batch-size", type=positive_int, default=1, help="images (answers for chat) per model call"
+        )
+        if name == "generate":
+            task.add_argument(
+                "--layout",
+                choices=["flat", "geneval"],
+                default="flat",
+                help="flat: NNNNN.png per line; geneval: NNNNN/metadata.jsonl and NNNNN/samples/NNNNN.png",
+            )
+            task.add_argument(
+                "--negative-prompt",
+                default=None,
+                help='text of the unguided branch (default: "Generate an image.", as the released model)',
+            )
+        copy_options(single, task, skip=("--output", "-h"))
 
     app = commands.add_parser(
         "app", help="serve the Gradio app (chat, generate, edit) in the browser", parents=[model, debug], **common

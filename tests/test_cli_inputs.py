@@ -309,15 +309,18 @@ def test_help_lists_every_option_with_its_default(capsys):
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert sorted(commands) == ["app", "chat", "convert", "demo", "edit", "generate"]
+    assert sorted(commands) == ["app", "batch", "chat", "convert", "demo", "edit", "generate"]
+    tasks = commands.pop("batch")._subparsers._group_actions[0].choices
+    assert sorted(tasks) == ["chat", "edit", "generate"]
+    commands.update({f"batch {name}": task for name, task in tasks.items()})
     for name, command in commands.items():
         text = command.format_help()
         for action in command._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{name} {action.option_strings[0]} has no help"
-                shown = "(default:" in action.help or action.default is not None
+                shown = "(default:" in action.help or action.default is not None or action.required
                 assert shown, f"{name} {action.option_strings[0]} shows no default"
-        assert "--steps STEPS         denoising steps (default: 50)" in text or name != "generate"
+        assert "--steps STEPS         denoising steps (default: 50)" in text or not name.endswith("generate")
         assert "(default: AIDC-AI/Ovis-U1-3B)" in " ".join(text.split()) or name in ("convert", "demo")
 
 

@@ -155,6 +155,14 @@ def convert(args) -> None:
     print(report.summary(verbose=args.verbose))
 
 
+def batch(args) -> None:
+    from ovis_u1_cli import version
+
+    from .batch import run_batch_command
+
+    run_batch_command(args, version())
+
+
 def check_port_free(host: str, port: int) -> None:
     """The server can listen on `host:port` (as uvicorn binds it, address reuse on)."""
     try:
