@@ -380,6 +380,7 @@ class Runner:
             images=images if any(images) else None,
             add_generation_prompt=True,
             enable_thinking=params["think"],
+            return_tensors="pt",
         ).to(self.device)
         with torch.inference_mode():
             output = self.model.generate(**inputs, max_new_tokens=params["max_new_tokens"], do_sample=False)
