@@ -276,7 +276,8 @@ def test_single_block():
     ids = torch.cat([torch.zeros(4, 3), grid_ids(2, 3), grid_ids(1, 3, index=1)])
     x, vec = torch.randn(2, 13, D), torch.randn(2, D)
     expected = ref_single_block(block, x, vec, ids, 2, TINY["axes_dims_rope"], TINY["theta"])
-    assert_close(block(x, vec, model.pos_embed(ids)), expected)
+    txt_out, img_out = block(x[:, 4:], x[:, :4], vec, model.pos_embed(ids))
+    assert_close(torch.cat([txt_out, img_out], 1), expected)
 
 
 @torch.no_grad()

@@ -312,9 +312,12 @@ class OvisU1PipelineMixin:
                 self._current_timestep = t
                 model_input = latents.repeat(num_branches, 1, 1)
                 timestep = (t / 1000).expand(model_input.shape[0]).to(latents.dtype)
-                velocity = self.transformer(
-                    hidden_states=model_input, timestep=timestep, return_dict=False, **branches
-                )[0]
+                # The cache hooks of `transformer.enable_cache` keep their state per context; all guidance branches
+                # share this one call.
+                with self.transformer.cache_context("cond_uncond"):
+                    velocity = self.transformer(
+                        hidden_states=model_input, timestep=timestep, return_dict=False, **branches
+                    )[0]
                 velocity = combine(velocity.unflatten(0, (num_branches, -1)))
                 latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
 

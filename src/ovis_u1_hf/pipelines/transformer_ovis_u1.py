@@ -7,9 +7,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.attention import AttentionMixin, AttentionModuleMixin, FeedForward
 from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import (
     CombinedTimestepGuidanceTextProjEmbeddings,
     CombinedTimestepTextProjEmbeddings,
@@ -102,7 +105,7 @@ class OvisU1AttnProcessor:
             value,
             attn_mask=attention_mask,
             backend=self._attention_backend,
-            parallel_config=self._parallel_config,
+            parallel_config=self._parallel_config if attn.context_parallel else None,
         )
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
 
@@ -132,6 +135,8 @@ class OvisU1Attention(nn.Module, AttentionModuleMixin):
         added_proj_bias (`bool`): Whether that stream's query/key/value projections have a bias.
         pre_only (`bool`): Whether to return the attention output without an output projection (single blocks).
         eps (`float`): Epsilon of the QK norms.
+        context_parallel (`bool`): Whether the attention takes part in context parallelism (sequences split across
+            processes). The refiner's does not: it sees the whole condition on every process.
     """
 
     _default_processor_cls = OvisU1AttnProcessor
@@ -148,9 +153,11 @@ class OvisU1Attention(nn.Module, AttentionModuleMixin):
         added_proj_bias: bool = True,
         pre_only: bool = False,
         eps: float = 1e-6,
+        context_parallel: bool = True,
         processor=None,
     ):
         super().__init__()
+        self.context_parallel = context_parallel
         self.head_dim = dim_head
         self.heads = heads
         self.inner_dim = heads * dim_head
@@ -196,7 +203,9 @@ class OvisU1TokenRefinerBlock(nn.Module):
     def __init__(self, dim: int, num_attention_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = OvisU1Attention(dim, num_attention_heads, dim // num_attention_heads, qk_norm=False)
+        self.attn = OvisU1Attention(
+            dim, num_attention_heads, dim // num_attention_heads, qk_norm=False, context_parallel=False
+        )
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.ff = FeedForward(dim, mult=mlp_ratio, activation_fn="linear-silu")
         self.gates = HunyuanVideoAdaNorm(dim, 2 * dim)
@@ -330,7 +339,11 @@ class OvisU1TransformerBlock(nn.Module):
 
 @maybe_allow_in_graph
 class OvisU1SingleTransformerBlock(nn.Module):
-    """FLUX single-stream block over the joint text-image sequence: attention and MLP in parallel."""
+    """FLUX single-stream block over the joint text-image sequence: attention and MLP in parallel.
+
+    Takes and returns the two streams apart, as FLUX's block does, so that diffusers' block-level caches (which
+    keep residuals per stream) apply to it as to the double blocks.
+    """
 
     def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -344,10 +357,13 @@ class OvisU1SingleTransformerBlock(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
         temb: torch.Tensor,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        text_seq_len = encoder_hidden_states.shape[1]
+        hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         norm_hidden_states, gate = self.norm(hidden_states, emb=temb)
         attn_output = self.attn(norm_hidden_states, attention_mask=attention_mask, image_rotary_emb=image_rotary_emb)
         mlp_hidden_states = self.act_mlp(self.proj_mlp(norm_hidden_states))
@@ -356,7 +372,15 @@ class OvisU1SingleTransformerBlock(nn.Module):
         )
         if hidden_states.dtype == torch.float16:
             hidden_states = hidden_states.clip(-65504, 65504)
-        return hidden_states
+        return hidden_states[:, :text_seq_len], hidden_states[:, text_seq_len:]
+
+
+# What diffusers' block-level caches (first-block cache, MagCache) need to know: where each block returns the image
+# stream (`hidden_states`, image and context tokens) and the text stream.
+for _block_class in (OvisU1TransformerBlock, OvisU1SingleTransformerBlock):
+    TransformerBlockRegistry.register(
+        _block_class, TransformerBlockMetadata(return_hidden_states_index=1, return_encoder_hidden_states_index=0)
+    )
 
 
 class OvisU1PosEmbed(FluxPosEmbed):
@@ -394,7 +418,7 @@ def raise_on_missing_weights(path, name: str, missing) -> None:
         )
 
 
-class OvisU1Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin):
+class OvisU1Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin, CacheMixin):
     r"""
     The visual decoder of Ovis-U1: a bidirectional token refiner over the LLM condition, then an MMDiT of MMDiT-X
     double blocks (joint text-image attention plus image self-attention) and single blocks, predicting a flow velocity
@@ -435,6 +459,24 @@ class OvisU1Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Attent
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["OvisU1TransformerBlock", "OvisU1SingleTransformerBlock", "OvisU1TokenRefinerBlock"]
+    # Layerwise casting keeps the input and condition embeddings and every norm (with the adaLN modulations) in the
+    # compute dtype.
+    _skip_layerwise_casting_patterns = ["pos_embed", "x_embedder", "time_text_embed", "pooled_embedder", "norm"]
+    _repeated_blocks = ["OvisU1TransformerBlock", "OvisU1SingleTransformerBlock"]
+    # Context parallelism splits every token stream along the sequence at the input (shared 2D positions) and
+    # gathers the predicted image tokens. The refiner is not split: under it, pass the outputs of `refine_condition`.
+    _cp_plan = {
+        "": {
+            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+            "img_ids": ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
+            "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+            "encoder_attention_mask": ContextParallelInput(split_dim=1, expected_dims=2, split_output=False),
+            "context_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+            "context_ids": ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
+            "context_attention_mask": ContextParallelInput(split_dim=1, expected_dims=2, split_output=False),
+        },
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -446,8 +488,6 @@ class OvisU1Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Attent
         model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
         raise_on_missing_weights(pretrained_model_name_or_path, cls.__name__, info["missing_keys"])
         return (model, info) if with_info else model
-    _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
-    _repeated_blocks = ["OvisU1TransformerBlock", "OvisU1SingleTransformerBlock"]
 
     @register_to_config
     def __init__(
@@ -574,6 +614,12 @@ class OvisU1Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Attent
             velocity `(batch_size, image_sequence_length, out_channels)`.
         """
         if pooled_projections is None:
+            if self._parallel_config is not None and self._parallel_config.context_parallel_config is not None:
+                # The condition arrives here already split, and the refiner's pooling needs all of it.
+                raise ValueError(
+                    "Under context parallelism, refine the condition first: pass the outputs of `refine_condition` "
+                    "as `encoder_hidden_states` and `pooled_projections`."
+                )
             encoder_hidden_states, pooled_projections = self.refiner(encoder_hidden_states, encoder_attention_mask)
         if self.config.guidance_embeds and guidance is None:
             raise ValueError("This model has `guidance_embeds`: pass `guidance`.")
@@ -627,16 +673,17 @@ class OvisU1Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Attent
                     hidden_states, encoder_hidden_states, temb, image_rotary_emb, attention_mask, image_attention_mask
                 )
 
-        hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         for block in self.single_transformer_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                hidden_states = self._gradient_checkpointing_func(
-                    block, hidden_states, temb, image_rotary_emb, attention_mask
+                encoder_hidden_states, hidden_states = self._gradient_checkpointing_func(
+                    block, hidden_states, encoder_hidden_states, temb, image_rotary_emb, attention_mask
                 )
             else:
-                hidden_states = block(hidden_states, temb, image_rotary_emb, attention_mask)
+                encoder_hidden_states, hidden_states = block(
+                    hidden_states, encoder_hidden_states, temb, image_rotary_emb, attention_mask
+                )
 
-        hidden_states = hidden_states[:, text_seq_len : text_seq_len + image_seq_len]
+        hidden_states = hidden_states[:, :image_seq_len]
         output = self.proj_out(self.norm_out(hidden_states, temb))
 
         if not return_dict:
