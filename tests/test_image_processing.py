@@ -205,7 +205,8 @@ def test_defaults_and_save_load_round_trip(tmp_path):
     small = tiny_image_processor()
     small.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
-    assert saved["image_processor_type"] == "OvisU1ImageProcessor" and saved["max_pixels"] == 28 * 28 * 16
+    assert saved["image_processor_type"] == "OvisU1ImageProcessor" and "max_pixels" not in saved
+    assert saved["size"] == {"shortest_edge": small.min_pixels, "longest_edge": 28 * 28 * 16}
     loaded = OvisU1ImageProcessor.from_pretrained(tmp_path)
     assert loaded.to_dict() == small.to_dict()
     image = random_image(70, 50)
@@ -278,3 +279,53 @@ def test_fit_image_applies_exif_orientation():
     fitted = fit_image(PIL.Image.open(io.BytesIO(buffer.getvalue())), 20, 40)
     upright = image.transpose(PIL.Image.Transpose.ROTATE_270)
     np.testing.assert_array_equal(np.asarray(fitted), np.asarray(upright))
+
+
+# ------------------------------------------------------- conventions of native-resolution image processors --------
+
+
+def test_size_holds_the_pixel_budget_and_the_released_names_set_it():
+    assert OvisU1ImageProcessor().size == {"shortest_edge": 448 * 448, "longest_edge": 1792 * 1792}
+    by_size = OvisU1ImageProcessor(size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 16})
+    by_names = OvisU1ImageProcessor(**TINY_LIMITS)
+    assert by_size.size == by_names.size and (by_size.min_pixels, by_size.max_pixels) == (28 * 28 * 4, 28 * 28 * 16)
+    image = random_image(300, 200)
+    expected = by_names(image)["image_grid_thw"].tolist()
+    assert by_size(image)["image_grid_thw"].tolist() == expected == [[1, 6, 8]]  # 84 x 112 px: at most 16 * 28 * 28
+    # Per call, `size` or the released names.
+    default = OvisU1ImageProcessor()
+    assert default(image, size=by_size.size)["image_grid_thw"].tolist() == expected
+    assert default(image, **TINY_LIMITS)["image_grid_thw"].tolist() == expected
+    with pytest.raises(ValueError, match="shortest_edge.*longest_edge"):
+        OvisU1ImageProcessor(size={"height": 448, "width": 448})
+
+
+def test_do_resize_false_keeps_a_fitting_size_and_refuses_others():
+    processor = tiny_image_processor()
+    image = random_image(56, 84)  # already multiples of 28
+    kept = processor(image, do_resize=False)
+    assert kept["image_grid_thw"].tolist() == [[1, 6, 4]]
+    np.testing.assert_allclose(kept["pixel_values"], reference_rows(normalized(image)), atol=1e-5)
+    with pytest.raises(ValueError, match="multiples of patch_size \\* hidden_stride = 28, got 57x84"):
+        processor(random_image(57, 84), do_resize=False)
+
+
+def test_rescale_and_normalize_switches():
+    processor = tiny_image_processor()
+    image = random_image(56, 56)
+    raw = processor(image, do_rescale=False, do_normalize=False)["pixel_values"]
+    np.testing.assert_array_equal(raw, reference_rows(np.asarray(image, dtype=np.float64).transpose(2, 0, 1)))
+    rescaled = processor(image, do_normalize=False)["pixel_values"]
+    np.testing.assert_allclose(rescaled, raw / 255, atol=1e-7)
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+def test_input_data_format_for_arrays_and_tensors(layout):
+    processor = tiny_image_processor()
+    image = random_image(70, 50)
+    expected = processor(image)["pixel_values"]
+    hwc = np.asarray(image)
+    array = hwc.transpose(2, 0, 1) if layout == "channels_first" else hwc
+    tensor = torch.from_numpy(np.array(array))
+    for given in (array, tensor):
+        np.testing.assert_array_equal(processor(given, input_data_format=layout)["pixel_values"], expected)

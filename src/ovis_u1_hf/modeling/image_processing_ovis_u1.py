@@ -7,7 +7,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, load_image
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ChannelDimension, PILImageResampling, load_image
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import TensorType, is_torch_tensor
 
@@ -18,9 +18,9 @@ MAX_ASPECT_RATIO = 200
 class OvisU1ImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
     min_pixels (`int`, *optional*, defaults to `448 * 448`):
-        Smallest number of pixels of a resized image.
+        Smallest number of pixels of a resized image; the same as `size["shortest_edge"]`.
     max_pixels (`int`, *optional*, defaults to `1792 * 1792`):
-        Largest number of pixels of a resized image.
+        Largest number of pixels of a resized image; the same as `size["longest_edge"]`.
     patch_size (`int`, *optional*, defaults to 14):
         Side of a square patch of the vision encoder.
     hidden_stride (`int`, *optional*, defaults to 2):
@@ -200,6 +200,44 @@ def fit_image(image, width: int, height: int) -> PIL.Image.Image:
     return image.crop((left, top, left + width, top + height))
 
 
+DEFAULT_SIZE = {"shortest_edge": 448 * 448, "longest_edge": 1792 * 1792}
+
+
+def pixel_budget(size: dict[str, int], min_pixels: int | None = None, max_pixels: int | None = None) -> dict[str, int]:
+    """The pixel budget `{"shortest_edge": min_pixels, "longest_edge": max_pixels}` from `size` and the released
+    names, which take precedence."""
+    if min_pixels is not None and max_pixels is not None:
+        # The released preprocessor_config.json names both, beside a CLIP `size` that does not apply here.
+        budget = {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}
+    elif set(size) != {"shortest_edge", "longest_edge"}:
+        raise ValueError(
+            "size must hold the pixel budget as {'shortest_edge': min_pixels, 'longest_edge': max_pixels}, "
+            f"got {size}."
+        )
+    else:
+        budget = {
+            "shortest_edge": int(size["shortest_edge"] if min_pixels is None else min_pixels),
+            "longest_edge": int(size["longest_edge"] if max_pixels is None else max_pixels),
+        }
+    if not 0 < budget["shortest_edge"] <= budget["longest_edge"]:
+        raise ValueError(
+            f"The pixel budget needs 0 < shortest_edge (min_pixels) <= longest_edge (max_pixels), got {budget}."
+        )
+    return budget
+
+
+def in_default_layout(image, input_data_format: str | ChannelDimension | None):
+    """An array or tensor image in its kind's default layout (arrays channels-last, tensors channels-first)."""
+    if input_data_format is None or not (isinstance(image, np.ndarray) or is_torch_tensor(image)) or image.ndim != 3:
+        return image
+    layout = ChannelDimension(input_data_format)
+    if isinstance(image, np.ndarray) and layout == ChannelDimension.FIRST:
+        return image.transpose(1, 2, 0)
+    if is_torch_tensor(image) and layout == ChannelDimension.LAST:
+        return image.permute(2, 0, 1)
+    return image
+
+
 class OvisU1ImageProcessor(BaseImageProcessor):
     r"""
     Constructs an Ovis-U1 image processor. Each image is processed alone at (about) its native resolution: EXIF
@@ -212,6 +250,13 @@ class OvisU1ImageProcessor(BaseImageProcessor):
         do_convert_rgb (`bool`, *optional*, defaults to `True`):
             Whether to convert images to RGB with [`convert_to_rgb`] (transparency dropped, as the released model
             does). Without it, images must already have 3 channels.
+        do_resize (`bool`, *optional*, defaults to `True`):
+            Whether to resize with [`smart_resize`]. Without it, the sides must already be multiples of
+            `patch_size * hidden_stride`.
+        size (`dict[str, int]`, *optional*, defaults to `{"shortest_edge": 448**2, "longest_edge": 1792**2}`):
+            The pixel budget of a resized image, as for transformers' native-resolution processors (Qwen2-VL):
+            `shortest_edge` is the smallest number of pixels, `longest_edge` the largest. `min_pixels` and
+            `max_pixels` (the released names) set the same two numbers.
         resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BICUBIC`):
             Pillow filter of the resize.
         do_rescale (`bool`, *optional*, defaults to `True`):
@@ -224,10 +269,10 @@ class OvisU1ImageProcessor(BaseImageProcessor):
             Per-channel mean subtracted when normalizing.
         image_std (`list[float]`, *optional*, defaults to the OpenAI CLIP std):
             Per-channel standard deviation divided by when normalizing.
-        min_pixels (`int`, *optional*, defaults to `448 * 448`):
-            Smallest number of pixels of a resized image.
-        max_pixels (`int`, *optional*, defaults to `1792 * 1792`):
-            Largest number of pixels of a resized image.
+        min_pixels (`int`, *optional*):
+            Overrides `size["shortest_edge"]`.
+        max_pixels (`int`, *optional*):
+            Overrides `size["longest_edge"]`.
         patch_size (`int`, *optional*, defaults to 14):
             Side of a square patch of the vision encoder.
         hidden_stride (`int`, *optional*, defaults to 2):
@@ -247,14 +292,16 @@ class OvisU1ImageProcessor(BaseImageProcessor):
     def __init__(
         self,
         do_convert_rgb: bool = True,
+        do_resize: bool = True,
+        size: dict[str, int] | None = None,
         resample: PILImageResampling = PILImageResampling.BICUBIC,
         do_rescale: bool = True,
         rescale_factor: float = 1 / 255,
         do_normalize: bool = True,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
-        min_pixels: int = 448 * 448,
-        max_pixels: int = 1792 * 1792,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
         patch_size: int = 14,
         hidden_stride: int = 2,
         temporal_patch_size: int = 1,
@@ -262,22 +309,33 @@ class OvisU1ImageProcessor(BaseImageProcessor):
     ):
         super().__init__(**kwargs)
         self.do_convert_rgb = do_convert_rgb
+        self.do_resize = do_resize
+        self.size = pixel_budget(size or DEFAULT_SIZE, min_pixels, max_pixels)
         self.resample = resample
         self.do_rescale = do_rescale
         self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
         self.image_mean = list(image_mean if image_mean is not None else OPENAI_CLIP_MEAN)
         self.image_std = list(image_std if image_std is not None else OPENAI_CLIP_STD)
-        self.min_pixels = min_pixels
-        self.max_pixels = max_pixels
         self.patch_size = patch_size
         self.hidden_stride = hidden_stride
         self.temporal_patch_size = temporal_patch_size
+
+    # The released names of the pixel budget, read by the pipelines; `size` holds the numbers.
+    @property
+    def min_pixels(self) -> int:
+        return self.size["shortest_edge"]
+
+    @property
+    def max_pixels(self) -> int:
+        return self.size["longest_edge"]
 
     def preprocess(
         self,
         images,
         do_convert_rgb: bool | None = None,
+        do_resize: bool | None = None,
+        size: dict[str, int] | None = None,
         resample: PILImageResampling | None = None,
         do_rescale: bool | None = None,
         rescale_factor: float | None = None,
@@ -289,15 +347,19 @@ class OvisU1ImageProcessor(BaseImageProcessor):
         patch_size: int | None = None,
         hidden_stride: int | None = None,
         temporal_patch_size: int | None = None,
+        input_data_format: str | ChannelDimension | None = None,
         return_tensors: str | TensorType | None = None,
     ) -> BatchFeature:
         """
-        Preprocesses one image or a list of images. Every argument but `images` and `return_tensors` defaults to
-        the attribute of the same name (see the class docstring).
+        Preprocesses one image or a list of images. Every argument but `images`, `input_data_format` and
+        `return_tensors` defaults to the attribute of the same name (see the class docstring).
 
         Args:
             images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str`, or a list of them):
                 The images, in any layout [`to_pil_image`] takes. A 4-dimensional array or tensor is a batch.
+            input_data_format (`str` or `ChannelDimension`, *optional*):
+                `"channels_first"` or `"channels_last"`: the layout of array and tensor images. By default arrays
+                are channels-last and tensors channels-first (numpy's and torchvision's conventions).
             return_tensors (`str` or [`~utils.TensorType`], *optional*):
                 `"pt"` for PyTorch tensors, `"np"` or `None` for numpy arrays.
 
@@ -310,14 +372,14 @@ class OvisU1ImageProcessor(BaseImageProcessor):
               visual tokens.
         """
         do_convert_rgb = self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb
+        do_resize = self.do_resize if do_resize is None else do_resize
+        size = pixel_budget(size or self.size, min_pixels, max_pixels)
         resample = self.resample if resample is None else resample
         do_rescale = self.do_rescale if do_rescale is None else do_rescale
         rescale_factor = self.rescale_factor if rescale_factor is None else rescale_factor
         do_normalize = self.do_normalize if do_normalize is None else do_normalize
         image_mean = np.array(self.image_mean if image_mean is None else image_mean, dtype=np.float32)
         image_std = np.array(self.image_std if image_std is None else image_std, dtype=np.float32)
-        min_pixels = self.min_pixels if min_pixels is None else min_pixels
-        max_pixels = self.max_pixels if max_pixels is None else max_pixels
         patch_size = self.patch_size if patch_size is None else patch_size
         hidden_stride = self.hidden_stride if hidden_stride is None else hidden_stride
         temporal_patch_size = self.temporal_patch_size if temporal_patch_size is None else temporal_patch_size
@@ -332,14 +394,26 @@ class OvisU1ImageProcessor(BaseImageProcessor):
             raise ValueError("Got no images to process.")
 
         all_patches, image_grid_thw = [], []
+        factor = patch_size * hidden_stride
         for image in images:
-            image = to_pil_image(image)
+            image = to_pil_image(in_default_layout(image, input_data_format))
             if do_convert_rgb:
                 image = convert_to_rgb(image)
-            height, width = smart_resize(
-                image.height, image.width, patch_size * hidden_stride, min_pixels=min_pixels, max_pixels=max_pixels
-            )
-            pixels = np.asarray(image.resize((width, height), resample=resample))
+            if do_resize:
+                height, width = smart_resize(
+                    image.height,
+                    image.width,
+                    factor,
+                    min_pixels=size["shortest_edge"],
+                    max_pixels=size["longest_edge"],
+                )
+                image = image.resize((width, height), resample=resample)
+            elif image.height % factor or image.width % factor:
+                raise ValueError(
+                    f"With do_resize=False, image sides must be multiples of patch_size * hidden_stride = {factor}, "
+                    f"got {image.width}x{image.height}."
+                )
+            pixels = np.asarray(image)
             if pixels.ndim != 3 or pixels.shape[-1] != 3:
                 raise ValueError(
                     f"Expected a 3-channel image, got mode {image.mode}; use `do_convert_rgb=True` to convert it."
@@ -382,6 +456,13 @@ class OvisU1ImageProcessor(BaseImageProcessor):
         return patches, (1, grid_h, grid_w)
 
 
-__all__ = ["OvisU1ImageProcessor", "convert_to_rgb", "fit_image", "smart_resize", "to_pil_image"]
+__all__ = [
+    "OvisU1ImageProcessor",
+    "OvisU1ImageProcessorKwargs",
+    "convert_to_rgb",
+    "fit_image",
+    "smart_resize",
+    "to_pil_image",
+]
 
 OvisU1ImageProcessor.register_for_auto_class("AutoImageProcessor")
