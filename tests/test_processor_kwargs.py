@@ -135,3 +135,23 @@ def test_image_text_to_text_pipeline_equals_generate(tmp_path, processor):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == repr(expected)
+
+
+def test_assistant_tokens_mask_marks_what_the_assistant_says(processor):
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": picture()}, {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": "A test pattern."},
+        {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "content": "Quite."},
+    ]
+    out = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = out["input_ids"][0], out["assistant_masks"][0]
+    assert len(mask) == len(ids) and "offset_mapping" not in out
+    tokenizer = processor.tokenizer
+    marked = [token for token, keep in zip(ids, mask) if keep]
+    expected = tokenizer("A test pattern.<|im_end|>", add_special_tokens=False)["input_ids"]
+    expected += tokenizer("Quite.<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert marked == expected
+    # The image's tokens and the empty think block are prompt.
+    assert not any(keep for token, keep in zip(ids, mask) if token == processor.image_token_id)
+    assert "<think>" not in tokenizer.decode(marked)

@@ -19,18 +19,18 @@ logger = logging.get_logger(__name__)
 
 # The released Qwen3 conversation format. User turns render their images first-come as "<image>\n", numbered
 # ("Image 1: <image>\n", ...) when a message holds several. Assistant turns carry the empty think block unless
-# thinking is enabled. No default system prompt, no BOS.
+# thinking is enabled. No default system prompt, no BOS. What the assistant says, up to its `<|im_end|>`, is marked as
+# generated (`{% generation %}`) for `return_assistant_tokens_mask`; the empty think block belongs to the prompt, as
+# the generation prompt holds it.
 CHAT_TEMPLATE = (
     r'{%- set think = "" if enable_thinking is defined and enable_thinking else "<think>\n\n</think>\n\n" -%}'
-    r"{%- for message in messages -%}"
-    r'{{- "<|im_start|>" + message["role"] + "\n" -}}'
-    r'{%- if message["role"] == "assistant" -%}{{- think -}}{%- endif -%}'
-    r'{%- if message["content"] is string -%}'
-    r'{{- message["content"] -}}'
+    r"{%- macro render_content(content) -%}"
+    r"{%- if content is string -%}"
+    r"{{- content -}}"
     r"{%- else -%}"
-    r'{%- set num_images = message["content"] | selectattr("type", "equalto", "image") | list | length -%}'
+    r'{%- set num_images = content | selectattr("type", "equalto", "image") | list | length -%}'
     r"{%- set image = namespace(index=0) -%}"
-    r'{%- for item in message["content"] -%}'
+    r"{%- for item in content -%}"
     r'{%- if item["type"] == "image" -%}'
     r"{%- set image.index = image.index + 1 -%}"
     r'{%- if num_images > 1 -%}{{- "Image " ~ image.index ~ ": " -}}{%- endif -%}'
@@ -40,7 +40,16 @@ CHAT_TEMPLATE = (
     r"{%- endif -%}"
     r"{%- endfor -%}"
     r"{%- endif -%}"
-    r'{{- "<|im_end|>\n" -}}'
+    r"{%- endmacro -%}"
+    r"{%- for message in messages -%}"
+    r'{{- "<|im_start|>" + message["role"] + "\n" -}}'
+    r'{%- if message["role"] == "assistant" -%}'
+    r"{{- think -}}"
+    r'{%- generation -%}{{- render_content(message["content"]) + "<|im_end|>" -}}{%- endgeneration -%}'
+    r'{{- "\n" -}}'
+    r"{%- else -%}"
+    r'{{- render_content(message["content"]) + "<|im_end|>\n" -}}'
+    r"{%- endif -%}"
     r"{%- endfor -%}"
     r'{%- if add_generation_prompt -%}{{- "<|im_start|>assistant\n" + think -}}{%- endif -%}'
 )
@@ -147,8 +156,17 @@ class OvisU1Processor(ProcessorMixin):
         if text is None:
             raise ValueError("`text` is required: mark each image with `<image>` in it.")
         texts = self._check_texts(text)
-        chunk_ids = [self.tokenizer(t.split(self.image_token), add_special_tokens=False)["input_ids"] for t in texts]
-        return self._build(chunk_ids, images, **kwargs)
+        chunk_ids, chunk_offsets = [], []
+        for sample in texts:
+            chunks = sample.split(self.image_token)
+            encoded = self.tokenizer(chunks, add_special_tokens=False, return_offsets_mapping=self.tokenizer.is_fast)
+            chunk_ids.append(encoded["input_ids"])
+            if self.tokenizer.is_fast:
+                # Offsets into the whole text: each chunk starts after the previous chunks and their markers.
+                starts = np.cumsum([0] + [len(chunk) + len(self.image_token) for chunk in chunks[:-1]]).tolist()
+                spans = zip(encoded["offset_mapping"], starts)
+                chunk_offsets.append([[(a + start, b + start) for a, b in offsets] for offsets, start in spans])
+        return self._build(chunk_ids, images, chunk_offsets=chunk_offsets or None, **kwargs)
 
     def encode_chat(
         self,
@@ -277,8 +295,12 @@ class OvisU1Processor(ProcessorMixin):
         words = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer is not None else [(text, None)]
         return [token.id for word, _ in words for token in backend.model.tokenize(word)]
 
-    def _build(self, chunk_ids: list[list[list[int]]], images, **kwargs) -> BatchFeature:
-        """Expands the images between the token chunks of each text, truncates, pads, and processes the images."""
+    def _build(self, chunk_ids: list[list[list[int]]], images, chunk_offsets=None, **kwargs) -> BatchFeature:
+        """
+        Expands the images between the token chunks of each text, truncates, pads, and processes the images. With
+        `chunk_offsets` (character spans of the chunks' tokens in their text), `return_offsets_mapping` is honoured:
+        image tokens, like padding, have empty spans.
+        """
         if any(kwargs.get(modality) is not None for modality in ("videos", "audio")):
             raise ValueError("Ovis-U1 takes images and text only.")
         if "multimodal_max_length" in kwargs:
@@ -292,6 +314,9 @@ class OvisU1Processor(ProcessorMixin):
         text_kwargs, images_kwargs = output_kwargs["text_kwargs"], output_kwargs["images_kwargs"]
         return_tensors = text_kwargs.pop("return_tensors", None)
         images_kwargs.pop("return_tensors", None)
+        return_offsets = text_kwargs.pop("return_offsets_mapping", False)
+        if return_offsets and chunk_offsets is None:
+            raise ValueError("return_offsets_mapping needs a fast tokenizer, and text given to `__call__`.")
         # The merged sequence is cut as the released model cuts it (keeping the last tokens, images counted), so
         # truncation happens here rather than in the tokenizer.
         truncation = text_kwargs.pop("truncation", None)
@@ -312,16 +337,20 @@ class OvisU1Processor(ProcessorMixin):
             num_tokens = (num_rows // hidden_stride**2).tolist()
             row_ends = np.cumsum(num_rows).tolist()
 
-        sequences, kept_images, next_image = [], [], 0
+        sequences, spans, kept_images, next_image = [], [], [], 0
         for index, chunks in enumerate(chunk_ids):
             ids, last_pads = list(chunks[0]), []
-            for chunk in chunks[1:]:
+            offsets = list(chunk_offsets[index][0]) if chunk_offsets else []
+            for number, chunk in enumerate(chunks[1:], start=1):
                 n = num_tokens[next_image]
                 ids += [self.image_start_token_id] + [self.image_token_id] * n + [self.image_end_token_id]
                 last_pads.append((next_image, len(ids) - 2))
                 ids += chunk
+                if chunk_offsets:
+                    offsets += [(0, 0)] * (n + 2) + list(chunk_offsets[index][number])
                 next_image += 1
             cut = 0 if max_length is None else max(0, len(ids) - max_length)
+            spans.append(offsets[cut:])
             kept = [image for image, last_pad in last_pads if last_pad >= cut]
             if cut:
                 logger.warning(
@@ -331,6 +360,7 @@ class OvisU1Processor(ProcessorMixin):
             sequences.append(ids[cut:])
             kept_images += kept
 
+        text_kwargs.pop("return_text_replacement_offsets", None)  # offsets are into the text as given
         padding = text_kwargs.get("padding", True)
         padded = self.tokenizer.pad(
             {"input_ids": sequences},
@@ -341,6 +371,12 @@ class OvisU1Processor(ProcessorMixin):
             return_attention_mask=text_kwargs.get("return_attention_mask", True),
         )
         data = dict(padded)
+        if return_offsets:
+            left = text_kwargs.get("padding_side", "left") == "left"
+            data["offset_mapping"] = [
+                [(0, 0)] * (len(ids) - len(span)) * left + span + [(0, 0)] * (len(ids) - len(span)) * (not left)
+                for ids, span in zip(data["input_ids"], spans)
+            ]
         if kept_images:
             rows = [image_inputs["pixel_values"][row_ends[i] - num_rows[i] : row_ends[i]] for i in kept_images]
             data["pixel_values"] = np.concatenate(rows)
