@@ -5,6 +5,7 @@ This file, like the pipelines, imports only third-party packages: the Ovis-U1 co
 pipeline's modules, so a saved pipeline folder runs with `trust_remote_code=True` where `ovis_u1_hf` is absent.
 """
 
+import contextlib
 import copy
 import inspect
 import json
@@ -19,7 +20,7 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ModelMixin
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils import logging
+from diffusers.utils import USE_PEFT_BACKEND, logging, scale_lora_layers, unscale_lora_layers
 from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, ProcessorMixin
@@ -185,11 +186,16 @@ class OvisU1PipelineMixin:
         return image.resize(size[::-1], resample=PIL.Image.Resampling.BICUBIC)
 
     def encode_condition(
-        self, texts: list[str], images: list[PIL.Image.Image], device: torch.device
+        self,
+        texts: list[str],
+        images: list[PIL.Image.Image],
+        device: torch.device,
+        lora_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Runs the language model once over a batch of user turns `"<image>\\n" + text` with one image each and returns
-        the generation condition `(batch, length, 2 * hidden)` (left padded, padding zeroed) and its mask.
+        the generation condition `(batch, length, 2 * hidden)` (left padded, padding zeroed) and its mask. `lora_scale`
+        weighs the text encoder's LoRA layers for this call.
         """
         conversations = [
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}] for text in texts
@@ -197,7 +203,8 @@ class OvisU1PipelineMixin:
         # The prompts are user text: `<image>` or special tokens typed in them stay text.
         inputs = self.processor.encode_chat(conversations, images=[[image] for image in images], return_tensors="pt")
         inputs = inputs.to(device)
-        condition = self.text_encoder.get_generation_condition(**inputs)
+        with scaled_lora(self.text_encoder, lora_scale):
+            condition = self.text_encoder.get_generation_condition(**inputs)
         mask = inputs["attention_mask"].bool()
         # Padded rows attend to nothing and may hold NaNs: zero them so masked sums stay finite.
         return condition.masked_fill(~mask[..., None], 0.0), mask
@@ -205,7 +212,8 @@ class OvisU1PipelineMixin:
     def refine(self, condition: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The token refiner has no timestep input: run it once for all denoising steps."""
         condition = condition.to(self.transformer.dtype)
-        tokens, pooled = self.transformer.refine_condition(condition, mask)
+        with scaled_lora(self.transformer, (self.attention_kwargs or {}).get("scale")):
+            tokens, pooled = self.transformer.refine_condition(condition, mask)
         return tokens, pooled, mask
 
     # ------------------------------------------------------------------ latents -------------------------------------
@@ -305,7 +313,14 @@ class OvisU1PipelineMixin:
         scheduler = self.scheduler if scheduler is None else scheduler
         num_branches = branches["encoder_hidden_states"].shape[0] // latents.shape[0]
         self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
+        attention_kwargs = dict(self.attention_kwargs or {})
+        scale = attention_kwargs.pop("scale", None)
+        if "attention_kwargs" in inspect.signature(self.transformer.forward).parameters:
+            branches = {**branches, "attention_kwargs": self.attention_kwargs}
+            scale = None  # the transformer weighs its LoRA layers itself
+        elif attention_kwargs:
+            raise ValueError(f"The transformer takes no attention kwargs besides `scale`, got {sorted(attention_kwargs)}.")
+        with self.progress_bar(total=len(timesteps)) as progress_bar, scaled_lora(self.transformer, scale):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -409,6 +424,10 @@ class OvisU1PipelineMixin:
         return prompts
 
     @property
+    def attention_kwargs(self):
+        return getattr(self, "_attention_kwargs", None)
+
+    @property
     def num_timesteps(self):
         return self._num_timesteps
 
@@ -419,6 +438,23 @@ class OvisU1PipelineMixin:
     @property
     def interrupt(self):
         return self._interrupt
+
+
+@contextlib.contextmanager
+def scaled_lora(model: torch.nn.Module, scale: float | None):
+    """Weighs the LoRA layers of `model` by `scale` inside the block, as diffusers' `apply_lora_scale` does."""
+    if scale is None or scale == 1.0 or model is None:
+        yield
+        return
+    if not USE_PEFT_BACKEND:
+        logger.warning("A LoRA `scale` has no effect without peft installed.")
+        yield
+        return
+    scale_lora_layers(model, scale)
+    try:
+        yield
+    finally:
+        unscale_lora_layers(model, scale)
 
 
 def stored_weight_names(folder: str) -> set[str] | None:

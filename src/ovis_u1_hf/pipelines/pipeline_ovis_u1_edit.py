@@ -2,6 +2,7 @@
 """Ovis-U1 instruction-based image editing pipeline."""
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -12,6 +13,7 @@ from diffusers.utils import replace_example_docstring
 
 # diffusers copies only the modules a pipeline file imports itself: the transformer's too.
 from .transformer_ovis_u1 import OvisU1Transformer2DModel  # noqa: F401
+from .lora_ovis_u1 import OvisU1LoraLoaderMixin
 from .pipeline_ovis_u1 import UNCONDITIONAL_PROMPT, OvisU1PipelineMixin
 
 
@@ -35,7 +37,7 @@ EDIT_MIN_PIXELS = 56 * 56
 EDIT_MAX_PIXELS = 1003520
 
 
-class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
+class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoaderMixin):
     r"""
     Instruction-based image editing with Ovis-U1. Three guidance branches share one transformer call per step, as
     in InstructPix2Pix: the instruction with the input image (`v_c`), the input image without text (`v_nt`:
@@ -64,13 +66,19 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
         )
 
     def encode_prompt(
-        self, prompt: list[str], images: list[PIL.Image.Image], height: int, width: int, device: torch.device
+        self,
+        prompt: list[str],
+        images: list[PIL.Image.Image],
+        height: int,
+        width: int,
+        device: torch.device,
+        lora_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Conditions of the three branches, stacked `(conditional, no text, no both)` along the batch."""
         texts = [p.strip() for p in prompt] + [self.unconditional_prompt] * (2 * len(prompt))
         seen = [self.condition_image(image, width, height) for image in images]
         white = self.condition_image(PIL.Image.new("RGB", (width, height), (255, 255, 255)), width, height)
-        return self.encode_condition(texts, seen + seen + [white] * len(prompt), device)
+        return self.encode_condition(texts, seen + seen + [white] * len(prompt), device, lora_scale)
 
     def encode_image(self, images: list[PIL.Image.Image], generator, device: torch.device) -> torch.Tensor:
         """Packed, scaled VAE latents sampled (with `generator`) from the posterior of each image."""
@@ -116,6 +124,7 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[[OvisU1PipelineMixin, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        attention_kwargs: dict[str, Any] | None = None,
     ):
         r"""
         Edits images following instructions.
@@ -153,6 +162,9 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
                 dict with new `latents`.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
                 Tensors passed in `callback_kwargs`.
+            attention_kwargs (`dict`, *optional*):
+                Passed to the transformer's attention; `{"scale": s}` weighs the loaded LoRA layers (of the transformer
+                and the text encoder) by `s` for this call.
 
         Examples:
 
@@ -179,13 +191,15 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
             height, width = self.check_size(height, width)
         self._interrupt = False
         self._current_timestep = None
+        self._attention_kwargs = attention_kwargs
+        lora_scale = (attention_kwargs or {}).get("scale")
         device = self._execution_device
         batch_size = len(prompts) * num_images_per_prompt
         self.check_batch(batch_size, height, width, generator, latents)
 
         # 1. The input, resized to the output size, seen by the language model and (as context tokens) the MMDiT.
         images = [i.resize((width, height), resample=PIL.Image.Resampling.BICUBIC) for i in images]
-        condition, mask = self.encode_prompt(prompts, images, height, width, device)
+        condition, mask = self.encode_prompt(prompts, images, height, width, device, lora_scale)
         tokens, pooled, mask = self.refine(condition, mask)
         tokens, pooled, mask = (x.repeat_interleave(num_images_per_prompt, dim=0) for x in (tokens, pooled, mask))
 

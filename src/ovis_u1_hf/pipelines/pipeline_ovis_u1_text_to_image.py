@@ -2,6 +2,7 @@
 """Ovis-U1 text-to-image pipeline."""
 
 from collections.abc import Callable
+from typing import Any
 
 import PIL.Image
 import torch
@@ -11,6 +12,7 @@ from diffusers.utils import replace_example_docstring
 
 # diffusers copies only the modules a pipeline file imports itself: the transformer's too.
 from .transformer_ovis_u1 import OvisU1Transformer2DModel  # noqa: F401
+from .lora_ovis_u1 import OvisU1LoraLoaderMixin
 from .pipeline_ovis_u1 import TEXT_TO_IMAGE_TEMPLATE, UNCONDITIONAL_PROMPT, OvisU1PipelineMixin
 
 
@@ -28,7 +30,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline):
+class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoaderMixin):
     r"""
     Text-to-image generation with Ovis-U1: the language model turns the prompt (with a white image of the target
     size) into a condition, the token refiner and MMDiT denoise packed SDXL-VAE latents with flow matching, and
@@ -58,6 +60,7 @@ class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         do_classifier_free_guidance: bool = True,
         device: torch.device | None = None,
+        lora_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Conditions of the prompts, then (with guidance) of the negative prompts, stacked along the batch and
@@ -75,7 +78,7 @@ class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline):
                 raise ValueError(f"Got {len(prompts)} prompts but {len(negative)} negative prompts.")
             texts += negative
         white = self.condition_image(PIL.Image.new("RGB", (width, height), (255, 255, 255)), width, height)
-        return self.encode_condition(texts, [white] * len(texts), device)
+        return self.encode_condition(texts, [white] * len(texts), device, lora_scale)
 
     def check_inputs(self, prompt, negative_prompt, **common):
         prompts = self.check_prompts(prompt)
@@ -106,6 +109,7 @@ class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[[OvisU1PipelineMixin, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        attention_kwargs: dict[str, Any] | None = None,
     ):
         r"""
         Generates images from text.
@@ -141,6 +145,9 @@ class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline):
                 dict with new `latents`.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
                 Tensors passed in `callback_kwargs`.
+            attention_kwargs (`dict`, *optional*):
+                Passed to the transformer's attention; `{"scale": s}` weighs the loaded LoRA layers (of the transformer
+                and the text encoder) by `s` for this call.
 
         Examples:
 
@@ -159,13 +166,15 @@ class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline):
         height, width = self.check_size(height, width)
         self._interrupt = False
         self._current_timestep = None
+        self._attention_kwargs = attention_kwargs
+        lora_scale = (attention_kwargs or {}).get("scale")
         device = self._execution_device
         batch_size = len(prompts) * num_images_per_prompt
         self.check_batch(batch_size, height, width, generator, latents)
 
         # 1. Condition: one language-model call for every branch, refined once for all steps.
         do_guidance = guidance_scale != 1
-        condition, mask = self.encode_prompt(prompts, height, width, negative_prompt, do_guidance, device)
+        condition, mask = self.encode_prompt(prompts, height, width, negative_prompt, do_guidance, device, lora_scale)
         tokens, pooled, mask = self.refine(condition, mask)
         # Rows are (branch, prompt); repeat each prompt's rows for its images.
         tokens, pooled, mask = (x.repeat_interleave(num_images_per_prompt, dim=0) for x in (tokens, pooled, mask))
