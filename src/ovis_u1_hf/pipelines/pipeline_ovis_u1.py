@@ -62,7 +62,8 @@ class OvisU1PipelineMixin:
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
-    _callback_tensor_inputs = ["latents"]
+    # The conditions are those of every guidance branch, stacked along the batch as the transformer sees them.
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "prompt_embeds_mask"]
 
     def __init__(
         self,
@@ -209,10 +210,27 @@ class OvisU1PipelineMixin:
         # Padded rows attend to nothing and may hold NaNs: zero them so masked sums stay finite.
         return condition.masked_fill(~mask[..., None], 0.0), mask
 
-    def refine(self, condition: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def stack_conditions(embeds: list[tuple[torch.Tensor, torch.Tensor | None]], device: torch.device):
+        """Stacks `(condition, mask)` pairs along the batch, left padding them to one length (a missing mask is all
+        ones); the condition is zero wherever its mask is 0."""
+        length = max(condition.shape[1] for condition, _ in embeds)
+        conditions, masks = [], []
+        for condition, mask in embeds:
+            condition = condition.to(device)
+            mask = torch.ones(condition.shape[:2], dtype=torch.bool, device=device) if mask is None else mask.to(device)
+            pad = length - condition.shape[1]
+            conditions.append(torch.nn.functional.pad(condition, (0, 0, pad, 0)))
+            masks.append(torch.nn.functional.pad(mask.bool(), (pad, 0), value=False))
+        condition, mask = torch.cat(conditions), torch.cat(masks)
+        return condition.masked_fill(~mask[..., None], 0.0), mask
+
+    def refine(
+        self, condition: torch.Tensor, mask: torch.Tensor, lora_scale: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The token refiner has no timestep input: run it once for all denoising steps."""
         condition = condition.to(self.transformer.dtype)
-        with scaled_lora(self.transformer, (self.attention_kwargs or {}).get("scale")):
+        with scaled_lora(self.transformer, lora_scale):
             tokens, pooled = self.transformer.refine_condition(condition, mask)
         return tokens, pooled, mask
 
@@ -274,11 +292,13 @@ class OvisU1PipelineMixin:
         image_seq_len: int,
         device: torch.device,
         scheduler: FlowMatchEulerDiscreteScheduler | None = None,
+        sigmas: list[float] | None = None,
     ) -> torch.Tensor:
-        """`t = linspace(1, 0, steps + 1)`, exponentially shifted by the image size when the scheduler shifts. Sets
-        the schedule of `scheduler` (default: the pipeline's)."""
+        """`t = linspace(1, 0, steps + 1)` (or the given `sigmas`, followed by 0), exponentially shifted by the image
+        size when the scheduler shifts. Sets the schedule of `scheduler` (default: the pipeline's)."""
         scheduler = self.scheduler if scheduler is None else scheduler
-        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+        if sigmas is None:
+            sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
         config = scheduler.config
         mu = None
         if config.use_dynamic_shifting:
@@ -304,11 +324,15 @@ class OvisU1PipelineMixin:
         callback_on_step_end: Callable | None,
         callback_on_step_end_tensor_inputs: list[str],
         scheduler: FlowMatchEulerDiscreteScheduler | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_embeds_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
-        Euler sampling with `scheduler` (default: the pipeline's), whose timesteps must be set. `branches` holds the transformer inputs of every guidance branch stacked along the batch
-        (`num_branches * batch` rows); one transformer call per step predicts them all, and `combine` turns the
-        stacked velocities `(num_branches, batch, ...)` into the guided one.
+        Euler sampling with `scheduler` (default: the pipeline's), whose timesteps must be set. `branches` holds the
+        transformer inputs of every guidance branch stacked along the batch (`num_branches * batch` rows); one
+        transformer call per step predicts them all, and `combine` turns the stacked velocities
+        `(num_branches, batch, ...)` into the guided one. `prompt_embeds` / `prompt_embeds_mask` are the unrefined
+        conditions of those rows: a step callback may read them and return new ones, which are refined again.
         """
         scheduler = self.scheduler if scheduler is None else scheduler
         num_branches = branches["encoder_hidden_states"].shape[0] // latents.shape[0]
@@ -334,10 +358,23 @@ class OvisU1PipelineMixin:
                 latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
-                    local_tensors = {"latents": latents}
+                    local_tensors = {
+                        "latents": latents, "prompt_embeds": prompt_embeds, "prompt_embeds_mask": prompt_embeds_mask
+                    }
                     callback_kwargs = {name: local_tensors[name] for name in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                     latents = callback_outputs.pop("latents", latents)
+                    new_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                    new_mask = callback_outputs.pop("prompt_embeds_mask", prompt_embeds_mask)
+                    if new_embeds is not prompt_embeds or new_mask is not prompt_embeds_mask:
+                        # The refiner has no timestep input: new conditions are refined once, for the steps left.
+                        prompt_embeds, prompt_embeds_mask = new_embeds, new_mask
+                        refine_scale = (self.attention_kwargs or {}).get("scale") if scale is None else None
+                        tokens, pooled, mask = self.refine(prompt_embeds, prompt_embeds_mask, refine_scale)
+                        branches = {
+                            **branches, "encoder_hidden_states": tokens, "pooled_projections": pooled,
+                            "encoder_attention_mask": mask,
+                        }
                 progress_bar.update()
         self._current_timestep = None
         return latents
@@ -361,8 +398,14 @@ class OvisU1PipelineMixin:
     # ------------------------------------------------------------------ checks --------------------------------------
 
     def check_common_inputs(
-        self, num_inference_steps, guidance_scales: dict, num_images_per_prompt, output_type, callback_inputs
+        self, num_inference_steps, guidance_scales: dict, num_images_per_prompt, output_type, callback_inputs, sigmas=None
     ) -> None:
+        if sigmas is not None:
+            values = np.asarray(sigmas, dtype=np.float64) if isinstance(sigmas, (list, tuple, np.ndarray)) else None
+            if values is None or values.ndim != 1 or not len(values) or not np.isfinite(values).all():
+                raise ValueError(f"`sigmas` must be a non-empty list of finite noise levels, got {sigmas!r}.")
+            if (values <= 0).any() or (values > 1).any() or (np.diff(values) >= 0).any():
+                raise ValueError("`sigmas` must decrease strictly within (0, 1] (the final 0 is appended).")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         for name, value in guidance_scales.items():
@@ -380,6 +423,17 @@ class OvisU1PipelineMixin:
         unknown = [name for name in callback_inputs or [] if name not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}.")
+
+    def check_embeds(self, embeds, name: str, batch_size: int | None = None, mask=None) -> None:
+        if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point() or embeds.ndim != 3:
+            raise ValueError(f"`{name}` must be a floating-point tensor (batch, length, width), got {embeds!r:.80}.")
+        width = self.transformer.config.joint_attention_dim
+        if embeds.shape[-1] != width:
+            raise ValueError(f"`{name}` must have width {width} (the transformer's condition width), got {embeds.shape[-1]}.")
+        if batch_size is not None and embeds.shape[0] != batch_size:
+            raise ValueError(f"`{name}` has {embeds.shape[0]} rows, expected {batch_size}.")
+        if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(embeds.shape[:2])):
+            raise ValueError(f"`{name}_mask` must be a tensor of shape {tuple(embeds.shape[:2])}.")
 
     def check_batch(self, batch_size: int, height: int, width: int, generator, latents) -> None:
         if isinstance(generator, list) and len(generator) != batch_size:
@@ -422,6 +476,10 @@ class OvisU1PipelineMixin:
         if any(not p.strip() for p in prompts):
             raise ValueError(f"`{name}` must not be empty.")
         return prompts
+
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
 
     @property
     def attention_kwargs(self):
