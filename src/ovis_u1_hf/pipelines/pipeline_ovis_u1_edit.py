@@ -213,9 +213,12 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoade
             image_guidance_scale (`float`, defaults to 1.5):
                 Image guidance: how strongly to stay close to the input image.
             height (`int`, *optional*):
-                Output height; defaults to the input's aspect ratio at about 1 megapixel in multiples of 32. A given
-                size is at most `MAX_IMAGE_SIZE` (1792, the largest image size of the released model) and is floored
-                to a multiple of 16. The input is resized to the output size first.
+                Output height, given together with `width`. By default, as the released model: the input's size
+                through `smart_resize(height, width, factor=32, min_pixels=3136, max_pixels=1003520)` (its aspect
+                ratio, sides rounded to multiples of 32, scaled to at most about 1 megapixel and at least 56 x 56);
+                e.g. 768 x 512 stays 768 x 512 and 2048 x 1536 becomes 1152 x 864. A given size is at most
+                `MAX_IMAGE_SIZE` (1792, the largest image size of the released model) and is floored to a multiple of
+                16. The input is resized to the output size first (without keeping its aspect ratio).
             width (`int`, *optional*):
                 Output width; see `height`.
             num_images_per_prompt (`int`, defaults to 1):
