@@ -36,7 +36,9 @@ TEXT_TO_IMAGE_TEMPLATE = (
     "Describe the image by detailing the color, shape, size, texture, quantity, text, and spatial relationships of "
     "the objects:{}"
 )
-# Smallest image the condition's image is resized to; its largest is the image processor's `min_pixels`.
+# The condition's image is resized to multiples of 28 (the released 14-pixel patches merged 2 x 2), whatever the
+# checkpoint's own patch grid; at least this many pixels, at most the image processor's `min_pixels`.
+CONDITION_IMAGE_FACTOR = 28
 CONDITION_IMAGE_MIN_PIXELS = 56 * 56
 # Largest height or width the pipelines generate. The released model never sees a larger image: its image processor
 # caps images at `max_pixels` = 3211264 = 1792 * 1792 (preprocessor_config.json), and its sampler is calibrated for
@@ -180,9 +182,8 @@ class OvisU1PipelineMixin:
         at most the image processor's `min_pixels` (the processor may resize it again)."""
         image_processor = self.processor.image_processor
         image = image_processor.fit_image(image, width, height)
-        factor = image_processor.patch_size * image_processor.hidden_stride
         size = image_processor.smart_resize(
-            height, width, factor, CONDITION_IMAGE_MIN_PIXELS, image_processor.min_pixels
+            height, width, CONDITION_IMAGE_FACTOR, CONDITION_IMAGE_MIN_PIXELS, image_processor.min_pixels
         )
         return image.resize(size[::-1], resample=PIL.Image.Resampling.BICUBIC)
 
