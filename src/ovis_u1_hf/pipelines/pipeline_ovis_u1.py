@@ -140,6 +140,9 @@ class OvisU1PipelineMixin:
             kwargs["use_safetensors"] = True
         if kwargs.get("use_safetensors") is not True:
             raise ValueError("Ovis-U1 weights load from safetensors files only: leave `use_safetensors` unset.")
+        if isinstance(kwargs.get("dtype"), torch.dtype):
+            # The SDXL VAE decodes in float32 (SPEC 11); a per-component dict chooses otherwise.
+            kwargs["dtype"] = {"default": kwargs["dtype"], "vae": torch.float32}
         pipe = super().from_pretrained(path, **kwargs)
         if os.path.isdir(path):
             # diffusers only warns when a component's weights are missing; the transformer and the text encoder check
@@ -170,6 +173,26 @@ class OvisU1PipelineMixin:
                 if isinstance(value, list) and len(value) == 2 and value[0] in PACKAGE_MODULES:
                     config[name] = [PACKAGE_MODULES[value[0]], value[1]]
         return outputs
+
+    def to(self, *args, **kwargs):
+        """As [`~DiffusionPipeline.to`]; a dtype given here leaves the VAE in float32, as it decodes (also through
+        `from_pipe(..., dtype=...)`)."""
+        dtype = kwargs.pop("dtype", None)
+        dtype = next((a for a in args if isinstance(a, torch.dtype)), dtype)
+        args = [a for a in args if not isinstance(a, torch.dtype)]
+        pipe = super().to(*args, **kwargs) if args or kwargs else self
+        if dtype is None:
+            return pipe
+        for name, module in self.components.items():
+            if not isinstance(module, torch.nn.Module):
+                continue
+            target = torch.float32 if name == "vae" else dtype
+            if getattr(module, "is_quantized", False):
+                module.to(dtype=target)  # diffusers' own refusal to cast a quantized model
+            else:
+                # `ModelMixin.to` warns about float32 modules on every dtype cast, even with none listed.
+                torch.nn.Module.to(module, dtype=target)
+        return pipe
 
     @property
     def size_multiple(self) -> int:
@@ -387,13 +410,8 @@ class OvisU1PipelineMixin:
         latents = self.unpack_latents(latents, grid_h, grid_w)
         shift = self.vae.config.shift_factor or 0.0
         latents = latents / self.vae.config.scaling_factor + shift
-        # Decoded in float32, as the released model does.
-        vae_dtype = self.vae.dtype
-        if vae_dtype != torch.float32:
-            self.vae.to(torch.float32)
-        image = self.vae.decode(latents.to(torch.float32), return_dict=False)[0]
-        if vae_dtype != torch.float32:
-            self.vae.to(vae_dtype)
+        # The VAE decodes in float32, as the released model does: it is kept so from load time on (see `to`).
+        image = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
         return self.image_processor.postprocess(image.clamp(-1, 1), output_type=output_type)
 
     # ------------------------------------------------------------------ checks --------------------------------------
