@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument(
         "--output", default="edited.png", help="image file (numbered with --count); its extension sets the format"
     )
+    edit.add_argument(
+        "--height",
+        type=int,
+        help="output height in pixels, with --width (default: the input's aspect ratio at about 1 megapixel)",
+    )
+    edit.add_argument("--width", type=int, help="output width in pixels, with --height (default: as --height)")
     edit.add_argument("--steps", type=positive_int, default=50, help="denoising steps")
     edit.add_argument("--guidance", type=non_negative_float, default=6.0, help="text guidance scale")
     edit.add_argument("--image-guidance", type=non_negative_float, default=1.5, help="image guidance scale")

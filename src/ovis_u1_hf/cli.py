@@ -104,16 +104,23 @@ def generate(args) -> None:
 def edit(args) -> None:
     import torch
 
-    from .pipelines import OvisU1EditPipeline
+    from .pipelines import MAX_IMAGE_SIZE, OvisU1EditPipeline
 
     image = open_image(args.image, f"The image {args.image}")
     check_text(args.instruction, "The instruction", "describe the edit to make.")
+    if (args.height is None) != (args.width is None):
+        raise InputError("Give both --height and --width, or neither.")
+    for name in ("height", "width"):
+        if getattr(args, name) is not None and not 16 <= getattr(args, name) <= MAX_IMAGE_SIZE:
+            raise InputError(f"--{name} must be between 16 and {MAX_IMAGE_SIZE}, got {getattr(args, name)}.")
     paths = output_paths(args.output, args.count)
     device, dtype = resolve_device_and_dtype(args)
     pipe = load_pipeline(args, OvisU1EditPipeline, device, dtype, resolve_pipeline_folder(args))
     images = pipe(
         image,
         args.instruction,
+        height=args.height,
+        width=args.width,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         image_guidance_scale=args.image_guidance,

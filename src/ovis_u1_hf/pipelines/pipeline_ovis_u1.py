@@ -5,6 +5,7 @@ This file, like the pipelines, imports only third-party packages: the Ovis-U1 co
 pipeline's modules, so a saved pipeline folder runs with `trust_remote_code=True` where `ovis_u1_hf` is absent.
 """
 
+import contextlib
 import copy
 import inspect
 import json
@@ -19,7 +20,7 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ModelMixin
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils import logging
+from diffusers.utils import USE_PEFT_BACKEND, logging, scale_lora_layers, unscale_lora_layers
 from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, ProcessorMixin
@@ -35,7 +36,9 @@ TEXT_TO_IMAGE_TEMPLATE = (
     "Describe the image by detailing the color, shape, size, texture, quantity, text, and spatial relationships of "
     "the objects:{}"
 )
-# Smallest image the condition's image is resized to; its largest is the image processor's `min_pixels`.
+# The condition's image is resized to multiples of 28 (the released 14-pixel patches merged 2 x 2), whatever the
+# checkpoint's own patch grid; at least this many pixels, at most the image processor's `min_pixels`.
+CONDITION_IMAGE_FACTOR = 28
 CONDITION_IMAGE_MIN_PIXELS = 56 * 56
 # Largest height or width the pipelines generate. The released model never sees a larger image: its image processor
 # caps images at `max_pixels` = 3211264 = 1792 * 1792 (preprocessor_config.json), and its sampler is calibrated for
@@ -61,7 +64,8 @@ class OvisU1PipelineMixin:
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
-    _callback_tensor_inputs = ["latents"]
+    # The conditions are those of every guidance branch, stacked along the batch as the transformer sees them.
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "prompt_embeds_mask"]
 
     def __init__(
         self,
@@ -136,6 +140,9 @@ class OvisU1PipelineMixin:
             kwargs["use_safetensors"] = True
         if kwargs.get("use_safetensors") is not True:
             raise ValueError("Ovis-U1 weights load from safetensors files only: leave `use_safetensors` unset.")
+        if isinstance(kwargs.get("dtype"), torch.dtype):
+            # The SDXL VAE decodes in float32 (SPEC 11); a per-component dict chooses otherwise.
+            kwargs["dtype"] = {"default": kwargs["dtype"], "vae": torch.float32}
         pipe = super().from_pretrained(path, **kwargs)
         if os.path.isdir(path):
             # diffusers only warns when a component's weights are missing; the transformer and the text encoder check
@@ -167,6 +174,26 @@ class OvisU1PipelineMixin:
                     config[name] = [PACKAGE_MODULES[value[0]], value[1]]
         return outputs
 
+    def to(self, *args, **kwargs):
+        """As [`~DiffusionPipeline.to`]; a dtype given here leaves the VAE in float32, as it decodes (also through
+        `from_pipe(..., dtype=...)`)."""
+        dtype = kwargs.pop("dtype", None)
+        dtype = next((a for a in args if isinstance(a, torch.dtype)), dtype)
+        args = [a for a in args if not isinstance(a, torch.dtype)]
+        pipe = super().to(*args, **kwargs) if args or kwargs else self
+        if dtype is None:
+            return pipe
+        for name, module in self.components.items():
+            if not isinstance(module, torch.nn.Module):
+                continue
+            target = torch.float32 if name == "vae" else dtype
+            if getattr(module, "is_quantized", False):
+                module.to(dtype=target)  # diffusers' own refusal to cast a quantized model
+            else:
+                # `ModelMixin.to` warns about float32 modules on every dtype cast, even with none listed.
+                torch.nn.Module.to(module, dtype=target)
+        return pipe
+
     @property
     def size_multiple(self) -> int:
         return self.vae_scale_factor * 2
@@ -178,18 +205,22 @@ class OvisU1PipelineMixin:
         at most the image processor's `min_pixels` (the processor may resize it again)."""
         image_processor = self.processor.image_processor
         image = image_processor.fit_image(image, width, height)
-        factor = image_processor.patch_size * image_processor.hidden_stride
         size = image_processor.smart_resize(
-            height, width, factor, CONDITION_IMAGE_MIN_PIXELS, image_processor.min_pixels
+            height, width, CONDITION_IMAGE_FACTOR, CONDITION_IMAGE_MIN_PIXELS, image_processor.min_pixels
         )
         return image.resize(size[::-1], resample=PIL.Image.Resampling.BICUBIC)
 
     def encode_condition(
-        self, texts: list[str], images: list[PIL.Image.Image], device: torch.device
+        self,
+        texts: list[str],
+        images: list[PIL.Image.Image],
+        device: torch.device,
+        lora_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Runs the language model once over a batch of user turns `"<image>\\n" + text` with one image each and returns
-        the generation condition `(batch, length, 2 * hidden)` (left padded, padding zeroed) and its mask.
+        the generation condition `(batch, length, 2 * hidden)` (left padded, padding zeroed) and its mask. `lora_scale`
+        weighs the text encoder's LoRA layers for this call.
         """
         conversations = [
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}] for text in texts
@@ -197,15 +228,34 @@ class OvisU1PipelineMixin:
         # The prompts are user text: `<image>` or special tokens typed in them stay text.
         inputs = self.processor.encode_chat(conversations, images=[[image] for image in images], return_tensors="pt")
         inputs = inputs.to(device)
-        condition = self.text_encoder.get_generation_condition(**inputs)
+        with scaled_lora(self.text_encoder, lora_scale):
+            condition = self.text_encoder.get_generation_condition(**inputs)
         mask = inputs["attention_mask"].bool()
         # Padded rows attend to nothing and may hold NaNs: zero them so masked sums stay finite.
         return condition.masked_fill(~mask[..., None], 0.0), mask
 
-    def refine(self, condition: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def stack_conditions(embeds: list[tuple[torch.Tensor, torch.Tensor | None]], device: torch.device):
+        """Stacks `(condition, mask)` pairs along the batch, left padding them to one length (a missing mask is all
+        ones); the condition is zero wherever its mask is 0."""
+        length = max(condition.shape[1] for condition, _ in embeds)
+        conditions, masks = [], []
+        for condition, mask in embeds:
+            condition = condition.to(device)
+            mask = torch.ones(condition.shape[:2], dtype=torch.bool, device=device) if mask is None else mask.to(device)
+            pad = length - condition.shape[1]
+            conditions.append(torch.nn.functional.pad(condition, (0, 0, pad, 0)))
+            masks.append(torch.nn.functional.pad(mask.bool(), (pad, 0), value=False))
+        condition, mask = torch.cat(conditions), torch.cat(masks)
+        return condition.masked_fill(~mask[..., None], 0.0), mask
+
+    def refine(
+        self, condition: torch.Tensor, mask: torch.Tensor, lora_scale: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The token refiner has no timestep input: run it once for all denoising steps."""
         condition = condition.to(self.transformer.dtype)
-        tokens, pooled = self.transformer.refine_condition(condition, mask)
+        with scaled_lora(self.transformer, lora_scale):
+            tokens, pooled = self.transformer.refine_condition(condition, mask)
         return tokens, pooled, mask
 
     # ------------------------------------------------------------------ latents -------------------------------------
@@ -266,11 +316,13 @@ class OvisU1PipelineMixin:
         image_seq_len: int,
         device: torch.device,
         scheduler: FlowMatchEulerDiscreteScheduler | None = None,
+        sigmas: list[float] | None = None,
     ) -> torch.Tensor:
-        """`t = linspace(1, 0, steps + 1)`, exponentially shifted by the image size when the scheduler shifts. Sets
-        the schedule of `scheduler` (default: the pipeline's)."""
+        """`t = linspace(1, 0, steps + 1)` (or the given `sigmas`, followed by 0), exponentially shifted by the image
+        size when the scheduler shifts. Sets the schedule of `scheduler` (default: the pipeline's)."""
         scheduler = self.scheduler if scheduler is None else scheduler
-        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+        if sigmas is None:
+            sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
         config = scheduler.config
         mu = None
         if config.use_dynamic_shifting:
@@ -296,16 +348,27 @@ class OvisU1PipelineMixin:
         callback_on_step_end: Callable | None,
         callback_on_step_end_tensor_inputs: list[str],
         scheduler: FlowMatchEulerDiscreteScheduler | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_embeds_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
-        Euler sampling with `scheduler` (default: the pipeline's), whose timesteps must be set. `branches` holds the transformer inputs of every guidance branch stacked along the batch
-        (`num_branches * batch` rows); one transformer call per step predicts them all, and `combine` turns the
-        stacked velocities `(num_branches, batch, ...)` into the guided one.
+        Euler sampling with `scheduler` (default: the pipeline's), whose timesteps must be set. `branches` holds the
+        transformer inputs of every guidance branch stacked along the batch (`num_branches * batch` rows); one
+        transformer call per step predicts them all, and `combine` turns the stacked velocities
+        `(num_branches, batch, ...)` into the guided one. `prompt_embeds` / `prompt_embeds_mask` are the unrefined
+        conditions of those rows: a step callback may read them and return new ones, which are refined again.
         """
         scheduler = self.scheduler if scheduler is None else scheduler
         num_branches = branches["encoder_hidden_states"].shape[0] // latents.shape[0]
         self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
+        attention_kwargs = dict(self.attention_kwargs or {})
+        scale = attention_kwargs.pop("scale", None)
+        if "attention_kwargs" in inspect.signature(self.transformer.forward).parameters:
+            branches = {**branches, "attention_kwargs": self.attention_kwargs}
+            scale = None  # the transformer weighs its LoRA layers itself
+        elif attention_kwargs:
+            raise ValueError(f"The transformer takes no attention kwargs besides `scale`, got {sorted(attention_kwargs)}.")
+        with self.progress_bar(total=len(timesteps)) as progress_bar, scaled_lora(self.transformer, scale):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -322,10 +385,23 @@ class OvisU1PipelineMixin:
                 latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
-                    local_tensors = {"latents": latents}
+                    local_tensors = {
+                        "latents": latents, "prompt_embeds": prompt_embeds, "prompt_embeds_mask": prompt_embeds_mask
+                    }
                     callback_kwargs = {name: local_tensors[name] for name in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                     latents = callback_outputs.pop("latents", latents)
+                    new_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                    new_mask = callback_outputs.pop("prompt_embeds_mask", prompt_embeds_mask)
+                    if new_embeds is not prompt_embeds or new_mask is not prompt_embeds_mask:
+                        # The refiner has no timestep input: new conditions are refined once, for the steps left.
+                        prompt_embeds, prompt_embeds_mask = new_embeds, new_mask
+                        refine_scale = (self.attention_kwargs or {}).get("scale") if scale is None else None
+                        tokens, pooled, mask = self.refine(prompt_embeds, prompt_embeds_mask, refine_scale)
+                        branches = {
+                            **branches, "encoder_hidden_states": tokens, "pooled_projections": pooled,
+                            "encoder_attention_mask": mask,
+                        }
                 progress_bar.update()
         self._current_timestep = None
         return latents
@@ -337,20 +413,21 @@ class OvisU1PipelineMixin:
         latents = self.unpack_latents(latents, grid_h, grid_w)
         shift = self.vae.config.shift_factor or 0.0
         latents = latents / self.vae.config.scaling_factor + shift
-        # Decoded in float32, as the released model does.
-        vae_dtype = self.vae.dtype
-        if vae_dtype != torch.float32:
-            self.vae.to(torch.float32)
-        image = self.vae.decode(latents.to(torch.float32), return_dict=False)[0]
-        if vae_dtype != torch.float32:
-            self.vae.to(vae_dtype)
+        # The VAE decodes in float32, as the released model does: it is kept so from load time on (see `to`).
+        image = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
         return self.image_processor.postprocess(image.clamp(-1, 1), output_type=output_type)
 
     # ------------------------------------------------------------------ checks --------------------------------------
 
     def check_common_inputs(
-        self, num_inference_steps, guidance_scales: dict, num_images_per_prompt, output_type, callback_inputs
+        self, num_inference_steps, guidance_scales: dict, num_images_per_prompt, output_type, callback_inputs, sigmas=None
     ) -> None:
+        if sigmas is not None:
+            values = np.asarray(sigmas, dtype=np.float64) if isinstance(sigmas, (list, tuple, np.ndarray)) else None
+            if values is None or values.ndim != 1 or not len(values) or not np.isfinite(values).all():
+                raise ValueError(f"`sigmas` must be a non-empty list of finite noise levels, got {sigmas!r}.")
+            if (values <= 0).any() or (values > 1).any() or (np.diff(values) >= 0).any():
+                raise ValueError("`sigmas` must decrease strictly within (0, 1] (the final 0 is appended).")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         for name, value in guidance_scales.items():
@@ -368,6 +445,17 @@ class OvisU1PipelineMixin:
         unknown = [name for name in callback_inputs or [] if name not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}.")
+
+    def check_embeds(self, embeds, name: str, batch_size: int | None = None, mask=None) -> None:
+        if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point() or embeds.ndim != 3:
+            raise ValueError(f"`{name}` must be a floating-point tensor (batch, length, width), got {embeds!r:.80}.")
+        width = self.transformer.config.joint_attention_dim
+        if embeds.shape[-1] != width:
+            raise ValueError(f"`{name}` must have width {width} (the transformer's condition width), got {embeds.shape[-1]}.")
+        if batch_size is not None and embeds.shape[0] != batch_size:
+            raise ValueError(f"`{name}` has {embeds.shape[0]} rows, expected {batch_size}.")
+        if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(embeds.shape[:2])):
+            raise ValueError(f"`{name}_mask` must be a tensor of shape {tuple(embeds.shape[:2])}.")
 
     def check_batch(self, batch_size: int, height: int, width: int, generator, latents) -> None:
         if isinstance(generator, list) and len(generator) != batch_size:
@@ -412,6 +500,14 @@ class OvisU1PipelineMixin:
         return prompts
 
     @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def attention_kwargs(self):
+        return getattr(self, "_attention_kwargs", None)
+
+    @property
     def num_timesteps(self):
         return self._num_timesteps
 
@@ -422,6 +518,23 @@ class OvisU1PipelineMixin:
     @property
     def interrupt(self):
         return self._interrupt
+
+
+@contextlib.contextmanager
+def scaled_lora(model: torch.nn.Module, scale: float | None):
+    """Weighs the LoRA layers of `model` by `scale` inside the block, as diffusers' `apply_lora_scale` does."""
+    if scale is None or scale == 1.0 or model is None:
+        yield
+        return
+    if not USE_PEFT_BACKEND:
+        logger.warning("A LoRA `scale` has no effect without peft installed.")
+        yield
+        return
+    scale_lora_layers(model, scale)
+    try:
+        yield
+    finally:
+        unscale_lora_layers(model, scale)
 
 
 def stored_weight_names(folder: str) -> set[str] | None:

@@ -2,6 +2,7 @@
 """Ovis-U1 instruction-based image editing pipeline."""
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -12,6 +13,7 @@ from diffusers.utils import replace_example_docstring
 
 # diffusers copies only the modules a pipeline file imports itself: the transformer's too.
 from .transformer_ovis_u1 import OvisU1Transformer2DModel  # noqa: F401
+from .lora_ovis_u1 import OvisU1LoraLoaderMixin
 from .pipeline_ovis_u1 import UNCONDITIONAL_PROMPT, OvisU1PipelineMixin
 
 
@@ -35,7 +37,7 @@ EDIT_MIN_PIXELS = 56 * 56
 EDIT_MAX_PIXELS = 1003520
 
 
-class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
+class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoaderMixin):
     r"""
     Instruction-based image editing with Ovis-U1. Three guidance branches share one transformer call per step, as
     in InstructPix2Pix: the instruction with the input image (`v_c`), the input image without text (`v_nt`:
@@ -64,13 +66,49 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
         )
 
     def encode_prompt(
-        self, prompt: list[str], images: list[PIL.Image.Image], height: int, width: int, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conditions of the three branches, stacked `(conditional, no text, no both)` along the batch."""
-        texts = [p.strip() for p in prompt] + [self.unconditional_prompt] * (2 * len(prompt))
+        self,
+        prompt: str | list[str],
+        image: PIL.Image.Image | list[PIL.Image.Image],
+        height: int | None = None,
+        width: int | None = None,
+        negative_prompt: str | list[str] | None = None,
+        device: torch.device | None = None,
+        lora_scale: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Conditions of the three guidance branches from one language-model call: the instruction with the image, then
+        the negative prompt (default "Generate an image.") with the image (no text) and with a white image (no both).
+        `image` (one per prompt) is resized to the output size first, as `__call__` does; the size defaults as there.
+
+        Returns:
+            `(prompt_embeds, prompt_embeds_mask, negative_prompt_embeds, negative_prompt_embeds_mask)`: the
+            conditional rows `(batch, length, 2 * hidden)` and the unconditional rows `(2 * batch, length, ...)`
+            stacked `(no text, no both)`, left padded to one length, with their boolean masks. Pass them to `__call__`
+            (with the same image and size) to reuse them across calls and seeds.
+        """
+        device = device or self._execution_device
+        images, prompts = self.check_inputs(image, prompt, negative_prompt)
+        height, width = self.edit_size(images, height, width)
+        images = [i.resize((width, height), resample=PIL.Image.Resampling.BICUBIC) for i in images]
+        negative = self.unconditional_prompt if negative_prompt is None else negative_prompt
+        negative = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
+        texts = [p.strip() for p in prompts] + negative + negative
         seen = [self.condition_image(image, width, height) for image in images]
         white = self.condition_image(PIL.Image.new("RGB", (width, height), (255, 255, 255)), width, height)
-        return self.encode_condition(texts, seen + seen + [white] * len(prompt), device)
+        condition, mask = self.encode_condition(texts, seen + seen + [white] * len(prompts), device, lora_scale)
+        n = len(prompts)
+        return condition[:n], mask[:n], condition[n:], mask[n:]
+
+    def edit_size(self, images: list[PIL.Image.Image], height: int | None, width: int | None) -> tuple[int, int]:
+        """The output `(height, width)`: given (floored to a multiple of 16), or the default of every image."""
+        if (height is None) != (width is None):
+            raise ValueError("Give both `height` and `width`, or neither.")
+        if height is not None:
+            return self.check_size(height, width)
+        sizes = {self.output_size(i) for i in images}
+        if len(sizes) > 1:
+            raise ValueError(f"The images give different output sizes {sorted(sizes)}: pass `height` and `width`.")
+        return sizes.pop()
 
     def encode_image(self, images: list[PIL.Image.Image], generator, device: torch.device) -> torch.Tensor:
         """Packed, scaled VAE latents sampled (with `generator`) from the posterior of each image."""
@@ -85,25 +123,60 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
         shift = self.vae.config.shift_factor or 0.0
         return self.pack_latents((latents - shift) * self.vae.config.scaling_factor)
 
-    def check_inputs(self, image, prompt, **common) -> tuple[list, list[str]]:
+    def check_inputs(
+        self, image, prompt, negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None, masks=(None, None),
+        **common,
+    ) -> tuple[list, list[str] | None]:
         if image is None:
             raise ValueError("`image` is required: the image to edit.")
-        prompts = self.check_prompts(prompt)
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Pass `prompt` or `prompt_embeds`, not both.")
+        if prompt_embeds is not None:
+            self.check_embeds(prompt_embeds, "prompt_embeds", mask=masks[0])
+            if negative_prompt_embeds is None:
+                raise ValueError("`prompt_embeds` need `negative_prompt_embeds` (both from `encode_prompt`).")
+            self.check_embeds(negative_prompt_embeds, "negative_prompt_embeds", 2 * len(prompt_embeds), masks[1])
+            prompts, count = None, len(prompt_embeds)
+        else:
+            if negative_prompt_embeds is not None:
+                raise ValueError("`negative_prompt_embeds` need `prompt_embeds`.")
+            prompts = self.check_prompts(prompt)
+            count = len(prompts)
+        if negative_prompt is not None:
+            if prompt_embeds is not None:
+                raise ValueError("`negative_prompt` is in `negative_prompt_embeds` already.")
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+            if (
+                not isinstance(negatives, list)
+                or (not isinstance(negative_prompt, str) and len(negatives) != count)
+                or not all(isinstance(p, str) for p in negatives)
+            ):
+                raise ValueError("`negative_prompt` must be a string or a list of strings as long as `prompt`.")
         images = image if isinstance(image, list) else [image]
-        if len(images) != len(prompts):
-            raise ValueError(f"Got {len(images)} images but {len(prompts)} prompts: give one image per prompt.")
+        if len(images) != count:
+            raise ValueError(f"Got {len(images)} images but {count} prompts: give one image per prompt.")
         image_processor = self.processor.image_processor
         # Any PIL mode, array or tensor layout the image processor accepts; converted to RGB as it does.
         images = [image_processor.convert_to_rgb(image_processor.to_pil_image(i)) for i in images]
-        self.check_common_inputs(**common)
+        if common:
+            self.check_common_inputs(**common)
         return images, prompts
+
+    @property
+    def image_guidance_scale(self):
+        return self._image_guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self):
+        """The three branches always run; the scales weigh them."""
+        return True
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: PIL.Image.Image | list[PIL.Image.Image],
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 6.0,
         image_guidance_scale: float = 1.5,
@@ -116,6 +189,13 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[[OvisU1PipelineMixin, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        attention_kwargs: dict[str, Any] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_embeds_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds_mask: torch.Tensor | None = None,
+        sigmas: list[float] | None = None,
     ):
         r"""
         Edits images following instructions.
@@ -124,8 +204,8 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
             image (`PIL.Image.Image` or `list[PIL.Image.Image]`):
                 The image(s) to edit, one per prompt (arrays and tensors as [`OvisU1ImageProcessor`] takes them; any
                 mode is converted to RGB, transparency dropped, as the released model does).
-            prompt (`str` or `list[str]`):
-                The editing instruction(s).
+            prompt (`str` or `list[str]`, *optional*):
+                The editing instruction(s); or pass `prompt_embeds`.
             num_inference_steps (`int`, defaults to 50):
                 Number of Euler steps.
             guidance_scale (`float`, defaults to 6.0):
@@ -133,9 +213,12 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
             image_guidance_scale (`float`, defaults to 1.5):
                 Image guidance: how strongly to stay close to the input image.
             height (`int`, *optional*):
-                Output height; defaults to the input's aspect ratio at about 1 megapixel in multiples of 32. A given
-                size is at most `MAX_IMAGE_SIZE` (1792, the largest image size of the released model) and is floored
-                to a multiple of 16. The input is resized to the output size first.
+                Output height, given together with `width`. By default, as the released model: the input's size
+                through `smart_resize(height, width, factor=32, min_pixels=3136, max_pixels=1003520)` (its aspect
+                ratio, sides rounded to multiples of 32, scaled to at most about 1 megapixel and at least 56 x 56);
+                e.g. 768 x 512 stays 768 x 512 and 2048 x 1536 becomes 1152 x 864. A given size is at most
+                `MAX_IMAGE_SIZE` (1792, the largest image size of the released model) and is floored to a multiple of
+                16. The input is resized to the output size first (without keeping its aspect ratio).
             width (`int`, *optional*):
                 Output width; see `height`.
             num_images_per_prompt (`int`, defaults to 1):
@@ -150,44 +233,85 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
                 Whether to return an [`~pipelines.ImagePipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, *optional*):
                 Called after each step as `callback_on_step_end(pipe, step, timestep, callback_kwargs)`; may return a
-                dict with new `latents`.
+                dict with new tensors among those it was given, and may change `pipe._guidance_scale` and
+                `pipe._image_guidance_scale` for the steps left.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
-                Tensors passed in `callback_kwargs`.
+                Tensors passed in `callback_kwargs`: `"latents"`, and `"prompt_embeds"` / `"prompt_embeds_mask"`, the
+                conditions of every branch stacked `(conditional, no text, no both)` along the batch.
+            attention_kwargs (`dict`, *optional*):
+                Passed to the transformer's attention; `{"scale": s}` weighs the loaded LoRA layers (of the transformer
+                and the text encoder) by `s` for this call.
+            negative_prompt (`str` or `list[str]`, *optional*):
+                Text of the two unconditional branches (with and without the image); defaults to the released
+                "Generate an image.".
+            prompt_embeds (`torch.Tensor`, *optional*):
+                Conditional rows from [`~OvisU1EditPipeline.encode_prompt`] (same image and size), instead of `prompt`;
+                needs `negative_prompt_embeds`.
+            prompt_embeds_mask (`torch.Tensor`, *optional*):
+                Their mask (1 for tokens, 0 for padding); all ones when not given.
+            negative_prompt_embeds (`torch.Tensor`, *optional*):
+                The unconditional rows `(2 * batch, ...)` from `encode_prompt`, stacked `(no text, no both)`.
+            negative_prompt_embeds_mask (`torch.Tensor`, *optional*):
+                Their mask.
+            sigmas (`list[float]`, *optional*):
+                A custom decreasing schedule of noise levels in (0, 1] (0 is appended), shifted like the default one
+                when the scheduler shifts; it sets the number of steps.
 
         Examples:
 
         Returns:
             [`~pipelines.ImagePipelineOutput`] or `tuple`: the edited images.
         """
+        if sigmas is not None and isinstance(sigmas, (list, tuple, np.ndarray)):
+            num_inference_steps = len(sigmas)
         images, prompts = self.check_inputs(
             image,
             prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            (prompt_embeds_mask, negative_prompt_embeds_mask),
             num_inference_steps=num_inference_steps,
             guidance_scales={"guidance_scale": guidance_scale, "image_guidance_scale": image_guidance_scale},
             num_images_per_prompt=num_images_per_prompt,
             output_type=output_type,
             callback_inputs=callback_on_step_end_tensor_inputs,
+            sigmas=sigmas,
         )
-        if (height is None) != (width is None):
-            raise ValueError("Give both `height` and `width`, or neither.")
-        if height is None:
-            sizes = {self.output_size(i) for i in images}
-            if len(sizes) > 1:
-                raise ValueError(f"The images give different output sizes {sorted(sizes)}: pass `height` and `width`.")
-            height, width = sizes.pop()
-        else:
-            height, width = self.check_size(height, width)
+        height, width = self.edit_size(images, height, width)
+        self._guidance_scale = guidance_scale
+        self._image_guidance_scale = image_guidance_scale
         self._interrupt = False
         self._current_timestep = None
+        self._attention_kwargs = attention_kwargs
+        lora_scale = (attention_kwargs or {}).get("scale")
         device = self._execution_device
-        batch_size = len(prompts) * num_images_per_prompt
+        batch_size = len(images) * num_images_per_prompt
         self.check_batch(batch_size, height, width, generator, latents)
 
         # 1. The input, resized to the output size, seen by the language model and (as context tokens) the MMDiT.
         images = [i.resize((width, height), resample=PIL.Image.Resampling.BICUBIC) for i in images]
-        condition, mask = self.encode_prompt(prompts, images, height, width, device)
-        tokens, pooled, mask = self.refine(condition, mask)
-        tokens, pooled, mask = (x.repeat_interleave(num_images_per_prompt, dim=0) for x in (tokens, pooled, mask))
+        if prompt_embeds is None:
+            prompt_embeds, prompt_embeds_mask, negative_prompt_embeds, negative_prompt_embeds_mask = self.encode_prompt(
+                prompts, images, height, width, negative_prompt, device, lora_scale
+            )
+        n = len(images)
+        if negative_prompt_embeds_mask is None:
+            negative_prompt_embeds_mask = [None, None]
+        else:
+            negative_prompt_embeds_mask = [negative_prompt_embeds_mask[:n], negative_prompt_embeds_mask[n:]]
+        condition, mask = self.stack_conditions(
+            [
+                (prompt_embeds, prompt_embeds_mask),
+                (negative_prompt_embeds[:n], negative_prompt_embeds_mask[0]),
+                (negative_prompt_embeds[n:], negative_prompt_embeds_mask[1]),
+            ],
+            device,
+        )
+        tokens, pooled, refined_mask = self.refine(condition, mask, lora_scale)
+        tokens, pooled, refined_mask, condition, mask = (
+            x.repeat_interleave(num_images_per_prompt, dim=0) for x in (tokens, pooled, refined_mask, condition, mask)
+        )
 
         fitted = [self.processor.image_processor.fit_image(i, width, height) for i in images]
         fitted = [i for i in fitted for _ in range(num_images_per_prompt)]
@@ -200,24 +324,35 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline):
         # 2. Latents and schedule (the shift counts the noise tokens only).
         latents = self.prepare_latents(batch_size, height, width, self.transformer.dtype, device, generator, latents)
         scheduler = self.call_scheduler()
-        timesteps = self.timesteps(num_inference_steps, latents.shape[1], device, scheduler)
+        timesteps = self.timesteps(num_inference_steps, latents.shape[1], device, scheduler, sigmas)
 
-        # 3. Denoise: the three branches in one transformer call per step.
+        # 3. Denoise: the three branches in one transformer call per step. The scales are read at every step: a step
+        # callback may change them.
         def combine(velocity):
             cond, no_text, no_both = velocity
-            return no_both + image_guidance_scale * (no_text - no_both) + guidance_scale * (cond - no_text)
+            return (
+                no_both + self.image_guidance_scale * (no_text - no_both) + self.guidance_scale * (cond - no_text)
+            )
 
         branches = dict(
             img_ids=self.latent_ids(grid_h, grid_w, 0, device),
             encoder_hidden_states=tokens,
             pooled_projections=pooled,
-            encoder_attention_mask=mask,
+            encoder_attention_mask=refined_mask,
             context_hidden_states=context.repeat(3, 1, 1),
             context_ids=self.latent_ids(grid_h, grid_w, 1, device),
             context_attention_mask=context_mask.flatten(0, 1),
         )
         latents = self.denoise(
-            latents, timesteps, branches, combine, callback_on_step_end, callback_on_step_end_tensor_inputs, scheduler
+            latents,
+            timesteps,
+            branches,
+            combine,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            scheduler,
+            prompt_embeds=condition,
+            prompt_embeds_mask=mask,
         )
 
         image = self.decode(latents, height, width, output_type)
