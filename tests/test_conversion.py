@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -624,6 +625,77 @@ def test_existing_output_needs_force(tmp_path):
     convert(out, source, format="transformers", force=True, verify=False)
     assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
     assert leftovers(tmp_path) == ["out"]
+
+
+def exited_pid() -> int:
+    """The pid of a process that has exited and been reaped: no process has it (until the system reuses it)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+KILLED_CONVERSION = """
+import sys, time
+from ovis_u1_hf.conversion import convert, writer
+
+def hang(self):  # the first component's shards are written but not yet renamed: a conversion caught midway
+    print("writing", flush=True)
+    time.sleep(600)
+
+writer.ShardedSafetensorsWriter.close = hang
+convert(sys.argv[1], sys.argv[2], format="transformers", verify=False, max_shard_size="100KB")
+"""
+
+
+def test_a_killed_conversion_leaves_a_staging_folder_that_the_next_one_removes(tmp_path):
+    from ovis_u1_hf.conversion.staging import this_host
+
+    source = released_with(tmp_path)
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", KILLED_CONVERSION, str(out), str(source)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "writing\n"
+    finally:
+        child.kill()  # SIGKILL: no cleanup code of the child runs
+        child.wait()
+    (staging,) = leftovers(tmp_path)
+    assert staging.startswith(f".out.converting-{this_host()}-{child.pid}-")
+    assert any(path.name.startswith(".model.part") for path in (tmp_path / staging).iterdir())
+
+    report = convert(out, source, format="transformers", verify=False)
+    assert leftovers(tmp_path) == ["out"]
+    assert f"removed {staging}, left beside the output by a conversion that was killed" in report.notes
+
+
+def test_only_staging_folders_of_dead_processes_of_this_machine_are_removed(tmp_path):
+    import fcntl
+
+    from ovis_u1_hf.conversion.staging import this_host
+
+    source = released_with(tmp_path)
+    host, gone = this_host(), exited_pid()
+    stale = [f".out.converting-{host}-{gone}-a1b2c3d4", f".out.replaced-{host}-{gone}-a1b2c3d4"]
+    kept = [
+        f".out.converting-{host}-{os.getpid()}-a1b2c3d4",  # this process: alive, maybe still writing
+        f".out.converting-elsewhere.example-{gone}-a1b2c3d4",  # another machine's pids cannot be checked from here
+        f".other.converting-{host}-{gone}-a1b2c3d4",  # another output's: left to its own conversion
+        ".out.converting-a1b2c3d4",  # records no owner
+        f".out.converting-{host}-{gone}-lockedxx",  # its pid is gone here, but its lock is held (another pid namespace)
+    ]
+    for name in stale + kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"partial")
+    held = os.open(tmp_path / kept[-1], os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        report = convert(tmp_path / "out", source, format="transformers", verify=False)
+    finally:
+        os.close(held)
+    assert leftovers(tmp_path) == sorted(["out", *kept])
+    assert all((tmp_path / name / "model.safetensors").read_bytes() == b"partial" for name in kept)
+    notes = [note for note in report.notes if note.startswith("removed ")]
+    assert notes == [f"removed {name}, left beside the output by a conversion that was killed" for name in sorted(stale)]
 
 
 def test_verification_catches_a_changed_tensor(tmp_path, monkeypatch):

@@ -5,13 +5,12 @@ a diffusers pipeline folder (text encoder, processor, transformer, VAE, schedule
 `format="transformers"` a standalone understanding model folder.
 
 The weights are streamed: one released tensor at a time is read (memory-mapped), re-laid out through the key map and
-written into output shards of at most `max_shard_size`. Everything goes into a temporary folder next to the output,
-renamed into place only once complete (and verified).
+written into output shards of at most `max_shard_size`. Everything goes into a staging folder next to the output,
+renamed into place only once complete (and verified); a later conversion removes the staging folders of killed ones
+(see `staging`).
 """
 
 import logging
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from .config import TranslatedConfig, translate_config
 from .key_map import TEXT_ENCODER, TRANSFORMER, VAE, Plan, plan_conversion, relayout
 from .model_card import model_card
 from .source import ConversionError, ReleasedCheckpoint, SourceUnavailableError
+from .staging import remove_stale, staging_folder
 from .writer import (
     DIFFUSERS_WEIGHTS,
     TRANSFORMERS_WEIGHTS,
@@ -171,8 +171,9 @@ def convert(
     components[TEXT_ENCODER].to(dtypes[TEXT_ENCODER])  # its config records the dtype (diffusers configs do not)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.converting-", dir=output.parent))
-    try:
+    for path in remove_stale(output.parent, output.name):
+        report.notes.append(f"removed {path.name}, left beside the output by a conversion that was killed")
+    with staging_folder(output) as staging:  # removed on any failure; renamed into place on success
         if format == "diffusers":
             pipeline = OvisU1TextToImagePipeline(**components)
             for name, component in pipeline.components.items():
@@ -193,9 +194,6 @@ def convert(
             processor_folder = staging / "processor" if format == "diffusers" else staging
             report.max_errors = verify_conversion(folders, checkpoint, plan, translated, out_dtype, processor_folder)
         _replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
     if push_to_hub:
         report.repo_url = push_folder(output, push_to_hub, private=private, token=token)
@@ -318,13 +316,16 @@ def _write_weights(checkpoint, plan: Plan, translated, folders: dict, shard_size
 
 
 def _replace(staging: Path, output: Path) -> None:
-    if output.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+    if not output.exists():
+        staging.rename(output)
+        return
+    with staging_folder(output, "replaced") as old:  # the old output, removed with it
         output.rename(old / output.name)
-        staging.rename(output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(output)
+        try:
+            staging.rename(output)
+        except BaseException:
+            (old / output.name).rename(output)
+            raise
 
 
 __all__ = [
