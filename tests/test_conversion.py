@@ -695,7 +695,54 @@ def test_only_staging_folders_of_dead_processes_of_this_machine_are_removed(tmp_
     assert leftovers(tmp_path) == sorted(["out", *kept])
     assert all((tmp_path / name / "model.safetensors").read_bytes() == b"partial" for name in kept)
     notes = [note for note in report.notes if note.startswith("removed ")]
-    assert notes == [f"removed {name}, left beside the output by a conversion that was killed" for name in sorted(stale)]
+    assert notes == [f"removed {name}, left beside the output by a conversion that was killed" for name in stale]
+
+
+def test_an_output_under_a_file_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    from ovis_u1_hf.conversion import ReleasedCheckpoint
+
+    source = released_with(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "out"
+    message = f"The output's folder {out.parent}: {out.parent} is a file, not a folder: choose another path."
+
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint was read")
+
+    monkeypatch.setattr(ReleasedCheckpoint, "resolve", never)
+    with pytest.raises(ConversionError) as error:
+        convert(out, source)
+    assert str(error.value) == message
+    assert cli_main(["convert", str(out), "--source", str(source)]) == 1
+    assert capsys.readouterr().err == f"ovis-u1 convert: error: {message}\n"
+    assert leftovers(tmp_path) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def read_only_folder_command(folder: Path, command: list[str]) -> list[str]:
+    """`command` run where `folder` cannot be written, even by root: tests run as root, which permissions do not stop,
+    so the folder becomes a read-only tmpfs in a mount namespace of the command's own (nothing changes outside it).
+    Without root, a folder without write permission does the same."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return command
+    mount = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+    if subprocess.run([*mount, f"mount -t tmpfs -o ro none {folder}"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare and mount (root with CAP_SYS_ADMIN) to make a read-only folder")
+    return [*mount, 'mount -t tmpfs -o ro none "$0" && exec "$@"', str(folder), *command]
+
+
+def test_a_read_only_output_folder_is_one_line_before_any_work(tmp_path):
+    source = released_with(tmp_path)
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    out = folder / "out"
+    command = [sys.executable, "-m", "ovis_u1_cli", "convert", str(out), "--source", str(source)]
+    result = subprocess.run(read_only_folder_command(folder, command), capture_output=True, text=True, timeout=300)
+    reason = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    message = f"ovis-u1 convert: error: The output's folder {folder} is not writable ({reason}): choose another path.\n"
+    assert (result.returncode, result.stderr, result.stdout) == (1, message, "")
+    folder.chmod(0o755)
+    assert leftovers(tmp_path) == ["read-only"] and list(folder.iterdir()) == []
 
 
 def test_verification_catches_a_changed_tensor(tmp_path, monkeypatch):

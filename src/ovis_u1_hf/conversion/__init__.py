@@ -22,6 +22,7 @@ from huggingface_hub.utils import tqdm
 from transformers import AutoTokenizer, GenerationConfig, Qwen3Config
 
 from .. import DEFAULT_MODEL_ID
+from ..inputs import InputError, check_writable_folder
 from ..modeling import OvisU1Config, OvisU1ForConditionalGeneration, OvisU1ImageProcessor, OvisU1Processor
 from ..pipelines import OvisU1TextToImagePipeline, OvisU1Transformer2DModel
 from .config import TranslatedConfig, translate_config
@@ -132,7 +133,7 @@ def convert(
 
     Raises:
         ConversionError: the source does not convert (missing, unexpected or mis-shaped tensors, damaged files,
-            contradictory config) or the output exists; nothing is left behind.
+            contradictory config), the output exists, or its folder cannot be written; nothing is left behind.
     """
     if format not in FORMATS:
         raise ConversionError(f"format must be one of {FORMATS}, got {format!r}.")
@@ -146,6 +147,7 @@ def convert(
         shard_size = parse_size(max_shard_size)
     except ValueError as error:
         raise ConversionError(str(error)) from None
+    _check_writable(output)
 
     checkpoint = ReleasedCheckpoint.resolve(source, revision=revision, cache_dir=cache_dir, token=token)
     translated = translate_config(checkpoint.config, checkpoint.preprocessor_config)
@@ -213,6 +215,16 @@ def push_folder(folder, repo_id: str, private: bool = False, token: str | None =
 
 
 # ---------------------------------------------------------------------------------------------- helpers ---------
+
+
+def _check_writable(output: Path) -> None:
+    """Before any work: the staging folder can be made beside `output`, and an existing `output` moved away."""
+    try:
+        check_writable_folder(output.parent, "The output's folder")
+        if output.exists():
+            check_writable_folder(output, "The existing output")  # moving a folder rewrites its ".." entry
+    except InputError as error:
+        raise ConversionError(str(error)) from None
 
 
 def _parse_dtype(dtype) -> torch.dtype | None:
