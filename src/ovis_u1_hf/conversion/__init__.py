@@ -125,6 +125,7 @@ def convert(
             the saved tensors, and every saved tensor must equal (bit for bit) the released one it comes from. Read
             lazily, one tensor at a time, so verifying takes no more memory than writing.
         push_to_hub: A repo id to upload the folder to (created if needed; token from `token` or the environment).
+            The token, the Hub and write access are checked before converting (`check_push_access`).
         private: Create the repo private.
         revision, cache_dir, token: For downloading `source` from the Hub.
 
@@ -148,6 +149,8 @@ def convert(
     except ValueError as error:
         raise ConversionError(str(error)) from None
     _check_writable(output)
+    if push_to_hub:
+        check_push_access(push_to_hub, token)
 
     checkpoint = ReleasedCheckpoint.resolve(source, revision=revision, cache_dir=cache_dir, token=token)
     translated = translate_config(checkpoint.config, checkpoint.preprocessor_config)
@@ -198,8 +201,58 @@ def convert(
         _replace(staging, output)
 
     if push_to_hub:
-        report.repo_url = push_folder(output, push_to_hub, private=private, token=token)
+        try:
+            report.repo_url = push_folder(output, push_to_hub, private=private, token=token)
+        except Exception as error:  # the network or the Hub failed midway, after the checks
+            raise ConversionError(
+                f"{output} is converted, but uploading it to {push_to_hub} failed ({_hub_failure(error)}): "
+                f"upload it with `hf upload {push_to_hub} {output}`."
+            ) from error
     return report
+
+
+def check_push_access(repo_id: str, token: str | None = None) -> None:
+    """
+    What `push_folder` needs, checked before converting: `repo_id` is a repo id, a token is at hand, the Hub answers and
+    accepts the token, the token may write, and `repo_id`'s namespace is its user's or one of their organizations'.
+
+    Raises:
+        ConversionError: one line saying which of these fails and what to do.
+    """
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        reason = str(error).splitlines()[0]
+        raise ConversionError(f"--push-to-hub {repo_id} is not a Hub repo id ({reason}): e.g. you/ovis-u1.") from None
+    try:
+        token = token or get_token()
+    except Exception as error:  # a configured token exchange (HF_OIDC_RESOURCE) that fails
+        raise ConversionError(f"Cannot push to {repo_id}: no Hugging Face token ({_hub_failure(error)}).") from None
+    if not token:
+        raise ConversionError(
+            f"Cannot push to {repo_id}: no Hugging Face token. Log in with `hf auth login` or set HF_TOKEN to a token "
+            "with write access, then convert again."
+        )
+    try:
+        me = HfApi(token=token).whoami()
+    except Exception as error:
+        raise ConversionError(f"Cannot push to {repo_id}: {_hub_failure(error)}. Nothing was converted.") from None
+    if me.get("auth", {}).get("accessToken", {}).get("role") == "read":
+        raise ConversionError(
+            f"Cannot push to {repo_id}: the token of {me.get('name')} is read-only. Use a token with write access "
+            "(https://huggingface.co/settings/tokens)."
+        )
+    namespaces = [me.get("name")] + [org.get("name") for org in me.get("orgs", [])]
+    namespace = repo_id.split("/")[0] if "/" in repo_id else me.get("name")
+    if namespace not in namespaces:
+        raise ConversionError(
+            f"Cannot push to {repo_id}: the token is {me.get('name')}'s, who cannot create repos in {namespace}. "
+            f"Push to one of: {', '.join(f'{name}/...' for name in namespaces)}."
+        )
 
 
 def push_folder(folder, repo_id: str, private: bool = False, token: str | None = None) -> str:
@@ -215,6 +268,24 @@ def push_folder(folder, repo_id: str, private: bool = False, token: str | None =
 
 
 # ---------------------------------------------------------------------------------------------- helpers ---------
+
+
+def _hub_failure(error: Exception) -> str:
+    """A failed Hub call, in one line."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(error, OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set; unset it to upload"
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(error.response, "status_code", None)
+        return f"the Hub answered {status}: {first_line}"
+    # Connection, proxy, DNS, timeout (the type says which): huggingface_hub talks through httpx, or from 2.0 its
+    # successor httpx2, and both derive these errors from a TransportError.
+    network = isinstance(error, (ConnectionError, TimeoutError))
+    if network or any(base.__name__ == "TransportError" for base in type(error).__mro__):
+        return f"the Hugging Face Hub cannot be reached ({type(error).__name__}: {first_line})"
+    return f"{type(error).__name__}: {first_line}"
 
 
 def _check_writable(output: Path) -> None:
@@ -345,6 +416,7 @@ __all__ = [
     "ConversionReport",
     "DEFAULT_SOURCE",
     "SourceUnavailableError",
+    "check_push_access",
     "convert",
     "push_folder",
 ]
