@@ -356,6 +356,39 @@ def test_browser_shows_bad_inputs_by_their_field_without_a_server_traceback(page
     assert "Traceback" not in "".join(capfd.readouterr())
 
 
+def test_browser_names_an_upload_that_is_no_image_or_a_decompression_bomb(page, tmp_path, monkeypatch, capfd):
+    """Gradio reads nothing that the image fields upload: the app's own check names the file and what to do."""
+    import PIL.Image
+    from playwright.sync_api import expect
+
+    (tmp_path / "notes.png").write_text("not an image")
+    an_image(7, 64, 64).save(tmp_path / "bomb.png")
+    # The server runs in this process: with PIL's limit lowered here, this small file is a decompression bomb by PIL's
+    # measure (over twice the limit), and the browser need not decode a real one's gigapixels for its preview.
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
+    messages = {
+        "notes.png": "The image notes.png is not an image file PIL can read: give a PNG, JPEG, WebP, ... file.",
+        "bomb.png": (
+            "The image bomb.png is too large to open safely (Image size (4096 pixels) exceeds limit of 2000 pixels, "
+            "could be decompression bomb DOS attack.): resize it first."
+        ),
+    }
+    fields = {
+        "Edit": ("#edit-image input[type=file]", "#edit-instruction textarea", "#edit-run"),
+        "Chat": ("#chat-images input[type=file]", "#chat-question textarea", "#chat-run"),
+    }
+    capfd.readouterr()
+    for tab, (upload, text, run) in fields.items():
+        for name, message in messages.items():
+            page.reload()  # an empty page: no earlier upload, no earlier message
+            page.get_by_role("tab", name=tab).click()
+            page.locator(upload).set_input_files(str(tmp_path / name))
+            page.locator(text).fill("make it blue")
+            page.locator(run).click()
+            expect(page.get_by_text(message)).to_be_visible()
+    assert "Traceback" not in "".join(capfd.readouterr())
+
+
 def test_browser_refuses_an_upload_over_the_size_limit(page, tmp_path):
     from playwright.sync_api import expect
 

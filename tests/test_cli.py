@@ -131,6 +131,23 @@ def test_a_released_folder_is_converted_once_into_the_cache(released_folder, cac
     assert np.array_equal(first, np.asarray(expected.images[0]))
 
 
+def test_the_cache_removes_staging_folders_of_killed_conversions_only(released_folder, cache):
+    from ovis_u1_hf.cache import resolve_model
+    from ovis_u1_hf.conversion.staging import this_host
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid now names no process
+    host, converted = this_host(), cache / "converted"
+    stale = f".Ovis-U1-tiny-0123456789ab.converting-{host}-{child.pid}-a1b2c3d4"  # any output's: converted/ is ours
+    live = f".AIDC-AI--Ovis-U1-3B.converting-{host}-{os.getpid()}-a1b2c3d4"
+    for name in (stale, live, "notes"):
+        (converted / name).mkdir(parents=True)
+    messages = []
+    resolved = resolve_model(str(released_folder), log=messages.append)
+    assert sorted(p.name for p in converted.iterdir()) == sorted([live, "notes", Path(resolved.path).name])
+    assert messages[0] == f"Removed {converted / stale}, left by a conversion that was killed."
+
+
 def test_the_released_hub_checkpoint_is_converted_once_then_used_offline(released_folder, cache, monkeypatch, capsys):
     import huggingface_hub
     from huggingface_hub import HfApi

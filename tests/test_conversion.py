@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -626,6 +627,124 @@ def test_existing_output_needs_force(tmp_path):
     assert leftovers(tmp_path) == ["out"]
 
 
+def exited_pid() -> int:
+    """The pid of a process that has exited and been reaped: no process has it (until the system reuses it)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+KILLED_CONVERSION = """
+import sys, time
+from ovis_u1_hf.conversion import convert, writer
+
+def hang(self):  # the first component's shards are written but not yet renamed: a conversion caught midway
+    print("writing", flush=True)
+    time.sleep(600)
+
+writer.ShardedSafetensorsWriter.close = hang
+convert(sys.argv[1], sys.argv[2], format="transformers", verify=False, max_shard_size="100KB")
+"""
+
+
+def test_a_killed_conversion_leaves_a_staging_folder_that_the_next_one_removes(tmp_path):
+    from ovis_u1_hf.conversion.staging import this_host
+
+    source = released_with(tmp_path)
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", KILLED_CONVERSION, str(out), str(source)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "writing\n"
+    finally:
+        child.kill()  # SIGKILL: no cleanup code of the child runs
+        child.wait()
+    (staging,) = leftovers(tmp_path)
+    assert staging.startswith(f".out.converting-{this_host()}-{child.pid}-")
+    assert any(path.name.startswith(".model.part") for path in (tmp_path / staging).iterdir())
+
+    report = convert(out, source, format="transformers", verify=False)
+    assert leftovers(tmp_path) == ["out"]
+    assert f"removed {staging}, left beside the output by a conversion that was killed" in report.notes
+
+
+def test_only_staging_folders_of_dead_processes_of_this_machine_are_removed(tmp_path):
+    import fcntl
+
+    from ovis_u1_hf.conversion.staging import this_host
+
+    source = released_with(tmp_path)
+    host, gone = this_host(), exited_pid()
+    stale = [f".out.converting-{host}-{gone}-a1b2c3d4", f".out.replaced-{host}-{gone}-a1b2c3d4"]
+    kept = [
+        f".out.converting-{host}-{os.getpid()}-a1b2c3d4",  # this process: alive, maybe still writing
+        f".out.converting-elsewhere.example-{gone}-a1b2c3d4",  # another machine's pids cannot be checked from here
+        f".other.converting-{host}-{gone}-a1b2c3d4",  # another output's: left to its own conversion
+        ".out.converting-a1b2c3d4",  # records no owner
+        f".out.converting-{host}-{gone}-lockedxx",  # its pid is gone here, but its lock is held (another pid namespace)
+    ]
+    for name in stale + kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"partial")
+    held = os.open(tmp_path / kept[-1], os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        report = convert(tmp_path / "out", source, format="transformers", verify=False)
+    finally:
+        os.close(held)
+    assert leftovers(tmp_path) == sorted(["out", *kept])
+    assert all((tmp_path / name / "model.safetensors").read_bytes() == b"partial" for name in kept)
+    notes = [note for note in report.notes if note.startswith("removed ")]
+    assert notes == [f"removed {name}, left beside the output by a conversion that was killed" for name in stale]
+
+
+def test_an_output_under_a_file_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    from ovis_u1_hf.conversion import ReleasedCheckpoint
+
+    source = released_with(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "out"
+    message = f"The output's folder {out.parent}: {out.parent} is a file, not a folder: choose another path."
+
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint was read")
+
+    monkeypatch.setattr(ReleasedCheckpoint, "resolve", never)
+    with pytest.raises(ConversionError) as error:
+        convert(out, source)
+    assert str(error.value) == message
+    assert cli_main(["convert", str(out), "--source", str(source)]) == 1
+    assert capsys.readouterr().err == f"ovis-u1 convert: error: {message}\n"
+    assert leftovers(tmp_path) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def read_only_folder_command(folder: Path, command: list[str]) -> list[str]:
+    """`command` run where `folder` cannot be written, even by root: tests run as root, which permissions do not stop,
+    so the folder becomes a read-only tmpfs in a mount namespace of the command's own (nothing changes outside it).
+    Without root, a folder without write permission does the same."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return command
+    mount = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+    if subprocess.run([*mount, f"mount -t tmpfs -o ro none {folder}"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare and mount (root with CAP_SYS_ADMIN) to make a read-only folder")
+    return [*mount, 'mount -t tmpfs -o ro none "$0" && exec "$@"', str(folder), *command]
+
+
+def test_a_read_only_output_folder_is_one_line_before_any_work(tmp_path):
+    source = released_with(tmp_path)
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    out = folder / "out"
+    command = [sys.executable, "-m", "ovis_u1_cli", "convert", str(out), "--source", str(source)]
+    result = subprocess.run(read_only_folder_command(folder, command), capture_output=True, text=True, timeout=300)
+    reason = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    message = f"ovis-u1 convert: error: The output's folder {folder} is not writable ({reason}): choose another path.\n"
+    assert (result.returncode, result.stderr, result.stdout) == (1, message, "")
+    folder.chmod(0o755)
+    assert leftovers(tmp_path) == ["read-only"] and list(folder.iterdir()) == []
+
+
 def test_verification_catches_a_changed_tensor(tmp_path, monkeypatch):
     from ovis_u1_hf.conversion import writer
 
@@ -768,15 +887,22 @@ def test_convert_and_verify_hold_at_most_about_one_shard(tmp_path):
     assert result["above_baseline"] < 1.5 * shard, (result["above_baseline"] / 2**20, shard / 2**20)
 
 
-def test_push_to_hub_sends_the_folder(tmp_path, monkeypatch):
-    """`--push-to-hub` against a local stand-in for the Hub HTTP API."""
+WHOAMI = {"type": "user", "name": "me", "orgs": [{"name": "team"}], "auth": {"accessToken": {"role": "write"}}}
+
+
+@pytest.fixture
+def local_hub(monkeypatch):
+    """A local stand-in for the Hub HTTP API: it answers whoami with `hub.whoami`, creates repos and takes commits,
+    recording `hub.requests` ((method, path, authorization), and each repo creation's body) and the files received.
+    A path in `hub.failing` is answered with 403."""
     import base64
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from types import SimpleNamespace
 
     import huggingface_hub.constants
 
-    requests, received = [], {}
+    hub = SimpleNamespace(requests=[], received={}, whoami=WHOAMI, failing=set())
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -791,15 +917,20 @@ def test_push_to_hub_sends_the_folder(tmp_path, monkeypatch):
             self.wfile.write(data)
 
         def do_GET(self):
+            hub.requests.append(("GET", self.path, self.headers.get("Authorization")))
+            if self.path == "/api/whoami-v2":
+                return self.reply(hub.whoami)
             self.reply({"error": "not here"}, 404)
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            requests.append((self.path, self.headers.get("Authorization")))
+            hub.requests.append(("POST", self.path, self.headers.get("Authorization")))
+            if self.path in hub.failing:
+                return self.reply({"error": "You don't have the rights to create a model under this namespace"}, 403)
             if self.path == "/api/repos/create":
                 repo = json.loads(body)
-                requests.append(repo)
-                return self.reply({"url": f"{endpoint}/{repo['organization']}/{repo['name']}"})
+                hub.requests.append(repo)
+                return self.reply({"url": f"{hub.endpoint}/{repo['organization']}/{repo['name']}"})
             if self.path == "/api/validate-yaml":
                 return self.reply({})
             if "/preupload/" in self.path:  # every file "regular": sent inline with the commit
@@ -811,39 +942,117 @@ def test_push_to_hub_sends_the_folder(tmp_path, monkeypatch):
                 for line in body.splitlines():
                     item = json.loads(line)
                     if item["key"] == "file":
-                        received[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-                return self.reply({"commitUrl": f"{endpoint}/me/ovis-u1/commit/{'a' * 40}", "commitOid": "a" * 40})
+                        hub.received[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                return self.reply({"commitUrl": f"{hub.endpoint}/me/ovis-u1/commit/{'a' * 40}", "commitOid": "a" * 40})
             return self.reply({"error": self.path}, 404)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    hub.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.endpoint)
     monkeypatch.setenv("HF_TOKEN", "hf_from_environment")
     try:
-        source = released_with(tmp_path)
-        out = tmp_path / "out"
-        cli_main(
-            [
-                "convert",
-                str(out),
-                "--source",
-                str(source),
-                "--format",
-                "transformers",
-                "--no-verify",
-                "--push-to-hub",
-                "me/ovis-u1",
-                "--private",
-            ]
-        )
+        yield hub
     finally:
         server.shutdown()
-    assert {"name": "ovis-u1", "organization": "me", "visibility": "private", "type": "model"} in requests
-    assert ("/api/models/me/ovis-u1/commit/main", "Bearer hf_from_environment") in requests
+        server.server_close()
+
+
+def push_command(out, source, repo_id="me/ovis-u1"):
+    return ["convert", str(out), "--source", str(source), "--format", "transformers", "--no-verify",
+            "--push-to-hub", repo_id, "--private"]  # fmt: skip
+
+
+def test_push_to_hub_sends_the_folder(tmp_path, local_hub):
+    """`--push-to-hub` against a local stand-in for the Hub HTTP API."""
+    source = released_with(tmp_path)
+    out = tmp_path / "out"
+    assert cli_main(push_command(out, source)) == 0
+    # The token and the Hub are checked first (before converting, so before creating the repo).
+    calls = [request for request in local_hub.requests if isinstance(request, tuple)]
+    assert calls.index(("GET", "/api/whoami-v2", "Bearer hf_from_environment")) < calls.index(
+        ("POST", "/api/repos/create", "Bearer hf_from_environment")
+    )
+    assert {"name": "ovis-u1", "organization": "me", "visibility": "private", "type": "model"} in local_hub.requests
+    assert ("POST", "/api/models/me/ovis-u1/commit/main", "Bearer hf_from_environment") in local_hub.requests
     local = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert received == local
-    assert 'AutoModel.from_pretrained("me/ovis-u1"' in received["README.md"].decode()
+    assert local_hub.received == local
+    assert 'AutoModel.from_pretrained("me/ovis-u1"' in local_hub.received["README.md"].decode()
+
+
+@pytest.fixture
+def never_read(monkeypatch):
+    """Fails the test if the checkpoint is read: a check meant to come first did not."""
+    from ovis_u1_hf.conversion import ReleasedCheckpoint
+
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint was read")
+
+    monkeypatch.setattr(ReleasedCheckpoint, "resolve", never)
+
+
+def test_push_to_hub_without_a_token_fails_before_any_work(tmp_path, local_hub, monkeypatch, capsys, never_read):
+    import huggingface_hub.constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # not logged in
+    assert cli_main(push_command(tmp_path / "out", tmp_path / "released")) == 1
+    assert capsys.readouterr().err == (
+        "ovis-u1 convert: error: Cannot push to me/ovis-u1: no Hugging Face token. Log in with `hf auth login` or set "
+        "HF_TOKEN to a token with write access, then convert again.\n"
+    )
+    assert local_hub.requests == [] and leftovers(tmp_path) == []
+
+
+def test_push_to_an_unreachable_hub_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, never_read):
+    import socket
+
+    import huggingface_hub.constants
+
+    with socket.socket() as sock:  # a port that nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_TOKEN", "hf_from_environment")
+    assert cli_main(push_command(tmp_path / "out", tmp_path / "released")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "ovis-u1 convert: error: Cannot push to me/ovis-u1: the Hugging Face Hub cannot be reached (ConnectError: "
+    )
+    assert err.endswith("). Nothing was converted.\n") and err.count("\n") == 1 and "Traceback" not in err
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "repo_id, whoami, message",
+    [
+        ("me/ovis/u1", WHOAMI, "--push-to-hub me/ovis/u1 is not a Hub repo id (Repo id must be in the form"),
+        ("me/ovis-u1", {**WHOAMI, "auth": {"accessToken": {"role": "read"}}}, "the token of me is read-only"),
+        ("others/ovis-u1", WHOAMI, "the token is me's, who cannot create repos in others. Push to one of: me/..., "),
+    ],
+    ids=["repo_id", "read_only_token", "namespace"],
+)
+def test_push_to_hub_checks_fail_before_any_work(tmp_path, local_hub, capsys, never_read, repo_id, whoami, message):
+    local_hub.whoami = whoami
+    assert cli_main(push_command(tmp_path / "out", tmp_path / "released", repo_id)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ovis-u1 convert: error: ") and message in err and err.count("\n") == 1
+    assert leftovers(tmp_path) == []
+
+
+def test_a_failed_upload_keeps_the_converted_folder_and_says_how_to_upload_it(tmp_path, local_hub, capsys):
+    local_hub.failing.add("/api/repos/create")
+    source = released_with(tmp_path)
+    out = tmp_path / "out"
+    assert cli_main(push_command(out, source)) == 1
+    err = capsys.readouterr().err  # the conversion's progress bar, where enabled, then the error
+    last = err.splitlines()[-1]  # the Hub's own wording of the 403 varies with the huggingface_hub version
+    assert last.startswith(f"ovis-u1 convert: error: {out} is converted, but uploading it to me/ovis-u1 failed (")
+    assert "the Hub answered 403: " in last
+    assert last.endswith(f"): upload it with `hf upload me/ovis-u1 {out}`.") and err.endswith(last + "\n")
+    assert "Traceback" not in err
+    assert leftovers(tmp_path) == ["out"] and (out / "model.safetensors").is_file()
 
 
 def test_simulated_hub_download_with_the_package(converted, tmp_path, monkeypatch):

@@ -196,6 +196,20 @@ def step_reporter(progress: Callable | None, steps: int) -> Callable | None:
     return on_step_end
 
 
+def uploaded_path(value, component):
+    """
+    The path of the file uploaded to an image `component`, from its unprocessed value: Gradio's own preprocessing of
+    `gr.Image`, even with `type="filepath"`, opens the file with PIL, so a non-image or a decompression bomb would fail
+    there, with a generic error and a server traceback, before the app's check. Gradio has already checked that the
+    path is one of its uploads. A value without a path (pasted data) goes through Gradio's preprocessing as usual.
+    """
+    if value is None:
+        return None
+    if isinstance(value, dict) and value.get("path"):
+        return value["path"]
+    return component.preprocess(component.data_model.model_validate(value))
+
+
 def build_app(pipe: OvisU1TextToImagePipeline, title: str = "Ovis-U1"):
     """
     The Gradio app on a loaded [`OvisU1TextToImagePipeline`]: tabs Chat, Generate and Edit, with queueing enabled.
@@ -211,6 +225,7 @@ def build_app(pipe: OvisU1TextToImagePipeline, title: str = "Ovis-U1"):
         return app.generate(prompt, width, height, steps, guidance, seed, count, progress=progress)
 
     def edit(image, instruction, steps, guidance, image_guidance, seed, progress=gr.Progress()):
+        image = uploaded_path(image, source)
         return app.edit(image, instruction, steps, guidance, image_guidance, seed, progress=progress)
 
     with gr.Blocks(title=title) as demo:
@@ -275,7 +290,8 @@ def build_app(pipe: OvisU1TextToImagePipeline, title: str = "Ovis-U1"):
                         label="Edited", type="pil", format="png", interactive=False, elem_id="edit-output"
                     )
             edit_inputs = [source, instruction, edit_steps, text_guidance, image_guidance, edit_seed]
-            gr.on([run_edit.click, instruction.submit], edit, edit_inputs, edited, **model_event)
+            # Unprocessed inputs: the image as its upload's path (`uploaded_path`); the other fields need no processing.
+            gr.on([run_edit.click, instruction.submit], edit, edit_inputs, edited, preprocess=False, **model_event)
 
     demo.queue()
     return demo

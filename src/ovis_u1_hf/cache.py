@@ -203,11 +203,15 @@ def _remote_hub_layout(repo_id: str) -> str:
 
 def _convert_once(source: str, name: str, log) -> ResolvedModel:
     from .conversion import ConversionError, SourceUnavailableError, convert
+    from .conversion.staging import remove_stale
 
     output = cache_dir() / "converted" / name
     if _is_pipeline(output):
         return ResolvedModel(str(output), PIPELINE)
     check_cache_dir()
+    # Only conversions write into converted/: the staging folders of killed ones go, whatever output they were for.
+    for path in remove_stale(output.parent):
+        log(f"Removed {path}, left by a conversion that was killed.")
     log(f"{source} is a released checkpoint: converting it once into {output} (later runs use that folder).")
     try:
         report = convert(output, source, force=True)  # force: replaces a leftover without model_index.json

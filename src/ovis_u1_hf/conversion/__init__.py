@@ -5,13 +5,12 @@ a diffusers pipeline folder (text encoder, processor, transformer, VAE, schedule
 `format="transformers"` a standalone understanding model folder.
 
 The weights are streamed: one released tensor at a time is read (memory-mapped), re-laid out through the key map and
-written into output shards of at most `max_shard_size`. Everything goes into a temporary folder next to the output,
-renamed into place only once complete (and verified).
+written into output shards of at most `max_shard_size`. Everything goes into a staging folder next to the output,
+renamed into place only once complete (and verified); a later conversion removes the staging folders of killed ones
+(see `staging`).
 """
 
 import logging
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +22,14 @@ from huggingface_hub.utils import tqdm
 from transformers import AutoTokenizer, GenerationConfig, Qwen3Config
 
 from .. import DEFAULT_MODEL_ID
+from ..inputs import InputError, check_writable_folder
 from ..modeling import OvisU1Config, OvisU1ForConditionalGeneration, OvisU1ImageProcessor, OvisU1Processor
 from ..pipelines import OvisU1TextToImagePipeline, OvisU1Transformer2DModel
 from .config import TranslatedConfig, translate_config
 from .key_map import TEXT_ENCODER, TRANSFORMER, VAE, Plan, plan_conversion, relayout
 from .model_card import model_card
 from .source import ConversionError, ReleasedCheckpoint, SourceUnavailableError
+from .staging import remove_stale, staging_folder
 from .writer import (
     DIFFUSERS_WEIGHTS,
     TRANSFORMERS_WEIGHTS,
@@ -124,6 +125,7 @@ def convert(
             the saved tensors, and every saved tensor must equal (bit for bit) the released one it comes from. Read
             lazily, one tensor at a time, so verifying takes no more memory than writing.
         push_to_hub: A repo id to upload the folder to (created if needed; token from `token` or the environment).
+            The token, the Hub and write access are checked before converting (`check_push_access`).
         private: Create the repo private.
         revision, cache_dir, token: For downloading `source` from the Hub.
 
@@ -132,7 +134,7 @@ def convert(
 
     Raises:
         ConversionError: the source does not convert (missing, unexpected or mis-shaped tensors, damaged files,
-            contradictory config) or the output exists; nothing is left behind.
+            contradictory config), the output exists, or its folder cannot be written; nothing is left behind.
     """
     if format not in FORMATS:
         raise ConversionError(f"format must be one of {FORMATS}, got {format!r}.")
@@ -146,6 +148,9 @@ def convert(
         shard_size = parse_size(max_shard_size)
     except ValueError as error:
         raise ConversionError(str(error)) from None
+    _check_writable(output)
+    if push_to_hub:
+        check_push_access(push_to_hub, token)
 
     checkpoint = ReleasedCheckpoint.resolve(source, revision=revision, cache_dir=cache_dir, token=token)
     translated = translate_config(checkpoint.config, checkpoint.preprocessor_config)
@@ -171,8 +176,9 @@ def convert(
     components[TEXT_ENCODER].to(dtypes[TEXT_ENCODER])  # its config records the dtype (diffusers configs do not)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.converting-", dir=output.parent))
-    try:
+    for path in remove_stale(output.parent, output.name):
+        report.notes.append(f"removed {path.name}, left beside the output by a conversion that was killed")
+    with staging_folder(output) as staging:  # removed on any failure; renamed into place on success
         if format == "diffusers":
             pipeline = OvisU1TextToImagePipeline(**components)
             for name, component in pipeline.components.items():
@@ -193,13 +199,60 @@ def convert(
             processor_folder = staging / "processor" if format == "diffusers" else staging
             report.max_errors = verify_conversion(folders, checkpoint, plan, translated, out_dtype, processor_folder)
         _replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
     if push_to_hub:
-        report.repo_url = push_folder(output, push_to_hub, private=private, token=token)
+        try:
+            report.repo_url = push_folder(output, push_to_hub, private=private, token=token)
+        except Exception as error:  # the network or the Hub failed midway, after the checks
+            raise ConversionError(
+                f"{output} is converted, but uploading it to {push_to_hub} failed ({_hub_failure(error)}): "
+                f"upload it with `hf upload {push_to_hub} {output}`."
+            ) from error
     return report
+
+
+def check_push_access(repo_id: str, token: str | None = None) -> None:
+    """
+    What `push_folder` needs, checked before converting: `repo_id` is a repo id, a token is at hand, the Hub answers and
+    accepts the token, the token may write, and `repo_id`'s namespace is its user's or one of their organizations'.
+
+    Raises:
+        ConversionError: one line saying which of these fails and what to do.
+    """
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        reason = str(error).splitlines()[0]
+        raise ConversionError(f"--push-to-hub {repo_id} is not a Hub repo id ({reason}): e.g. you/ovis-u1.") from None
+    try:
+        token = token or get_token()
+    except Exception as error:  # a configured token exchange (HF_OIDC_RESOURCE) that fails
+        raise ConversionError(f"Cannot push to {repo_id}: no Hugging Face token ({_hub_failure(error)}).") from None
+    if not token:
+        raise ConversionError(
+            f"Cannot push to {repo_id}: no Hugging Face token. Log in with `hf auth login` or set HF_TOKEN to a token "
+            "with write access, then convert again."
+        )
+    try:
+        me = HfApi(token=token).whoami()
+    except Exception as error:
+        raise ConversionError(f"Cannot push to {repo_id}: {_hub_failure(error)}. Nothing was converted.") from None
+    if me.get("auth", {}).get("accessToken", {}).get("role") == "read":
+        raise ConversionError(
+            f"Cannot push to {repo_id}: the token of {me.get('name')} is read-only. Use a token with write access "
+            "(https://huggingface.co/settings/tokens)."
+        )
+    namespaces = [me.get("name")] + [org.get("name") for org in me.get("orgs", [])]
+    namespace = repo_id.split("/")[0] if "/" in repo_id else me.get("name")
+    if namespace not in namespaces:
+        raise ConversionError(
+            f"Cannot push to {repo_id}: the token is {me.get('name')}'s, who cannot create repos in {namespace}. "
+            f"Push to one of: {', '.join(f'{name}/...' for name in namespaces)}."
+        )
 
 
 def push_folder(folder, repo_id: str, private: bool = False, token: str | None = None) -> str:
@@ -215,6 +268,34 @@ def push_folder(folder, repo_id: str, private: bool = False, token: str | None =
 
 
 # ---------------------------------------------------------------------------------------------- helpers ---------
+
+
+def _hub_failure(error: Exception) -> str:
+    """A failed Hub call, in one line."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(error, OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set; unset it to upload"
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(error.response, "status_code", None)
+        return f"the Hub answered {status}: {first_line}"
+    # Connection, proxy, DNS, timeout (the type says which): huggingface_hub talks through httpx, or from 2.0 its
+    # successor httpx2, and both derive these errors from a TransportError.
+    network = isinstance(error, (ConnectionError, TimeoutError))
+    if network or any(base.__name__ == "TransportError" for base in type(error).__mro__):
+        return f"the Hugging Face Hub cannot be reached ({type(error).__name__}: {first_line})"
+    return f"{type(error).__name__}: {first_line}"
+
+
+def _check_writable(output: Path) -> None:
+    """Before any work: the staging folder can be made beside `output`, and an existing `output` moved away."""
+    try:
+        check_writable_folder(output.parent, "The output's folder")
+        if output.exists():
+            check_writable_folder(output, "The existing output")  # moving a folder rewrites its ".." entry
+    except InputError as error:
+        raise ConversionError(str(error)) from None
 
 
 def _parse_dtype(dtype) -> torch.dtype | None:
@@ -318,13 +399,16 @@ def _write_weights(checkpoint, plan: Plan, translated, folders: dict, shard_size
 
 
 def _replace(staging: Path, output: Path) -> None:
-    if output.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+    if not output.exists():
+        staging.rename(output)
+        return
+    with staging_folder(output, "replaced") as old:  # the old output, removed with it
         output.rename(old / output.name)
-        staging.rename(output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(output)
+        try:
+            staging.rename(output)
+        except BaseException:
+            (old / output.name).rename(output)
+            raise
 
 
 __all__ = [
@@ -332,6 +416,7 @@ __all__ = [
     "ConversionReport",
     "DEFAULT_SOURCE",
     "SourceUnavailableError",
+    "check_push_access",
     "convert",
     "push_folder",
 ]
