@@ -13,6 +13,7 @@ from .inputs import (
     InputError,
     check_attention,
     check_device,
+    check_image_size,
     check_text,
     check_writable_folder,
     open_image,
@@ -80,12 +81,10 @@ def chat(args) -> None:
 def generate(args) -> None:
     import torch
 
-    from .pipelines import MAX_IMAGE_SIZE, OvisU1TextToImagePipeline
+    from .pipelines import OvisU1TextToImagePipeline
 
     check_text(args.prompt, "The prompt", "describe the image to generate.")
-    for name in ("height", "width"):
-        if not 16 <= getattr(args, name) <= MAX_IMAGE_SIZE:
-            raise InputError(f"--{name} must be between 16 and {MAX_IMAGE_SIZE}, got {getattr(args, name)}.")
+    check_image_size(args)
     paths = output_paths(args.output, args.count)
     device, dtype = resolve_device_and_dtype(args)
     pipe = load_pipeline(args, OvisU1TextToImagePipeline, device, dtype, resolve_pipeline_folder(args))
@@ -104,15 +103,13 @@ def generate(args) -> None:
 def edit(args) -> None:
     import torch
 
-    from .pipelines import MAX_IMAGE_SIZE, OvisU1EditPipeline
+    from .pipelines import OvisU1EditPipeline
 
     image = open_image(args.image, f"The image {args.image}")
     check_text(args.instruction, "The instruction", "describe the edit to make.")
     if (args.height is None) != (args.width is None):
         raise InputError("Give both --height and --width, or neither.")
-    for name in ("height", "width"):
-        if getattr(args, name) is not None and not 16 <= getattr(args, name) <= MAX_IMAGE_SIZE:
-            raise InputError(f"--{name} must be between 16 and {MAX_IMAGE_SIZE}, got {getattr(args, name)}.")
+    check_image_size(args)
     paths = output_paths(args.output, args.count)
     device, dtype = resolve_device_and_dtype(args)
     pipe = load_pipeline(args, OvisU1EditPipeline, device, dtype, resolve_pipeline_folder(args))

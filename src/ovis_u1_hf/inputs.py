@@ -50,6 +50,17 @@ def check_text(text: str | None, what: str, hint: str) -> str:
     return text
 
 
+def check_image_size(args) -> None:
+    """`--height` / `--width` (either may be unset), within the pipelines' bounds, before any model loads."""
+    from .pipelines import MAX_IMAGE_SIZE
+
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        # 16: one latent patch (the VAE's 8x downsampling, then 2x2 packing).
+        if value is not None and not 16 <= value <= MAX_IMAGE_SIZE:
+            raise InputError(f"--{name} must be between 16 and {MAX_IMAGE_SIZE}, got {value}.")
+
+
 def image_format(path) -> str:
     """The PIL format that saves to `path`, by its extension."""
     extension = Path(path).suffix.lower()
