@@ -53,6 +53,26 @@ def run_without_the_package(folder: Path, atol: float = 0.0) -> subprocess.Compl
         processor = AutoProcessor.from_pretrained(folder, subfolder="processor", trust_remote_code=True)
         task_model = AutoModelForImageTextToText.from_pretrained(folder, subfolder="text_encoder", trust_remote_code=True)
         assert type(task_model) is type(model), (type(task_model), type(model))
+        # One transformer class however many times diffusers loads its module: `from_pipe` shares every component.
+        shared = type(edit).from_pipe(t2i)
+        assert shared.transformer is t2i.transformer
+        assert all(shared.components[name] is component for name, component in t2i.components.items())
+        import diffusers, torch
+        transformer = diffusers.AutoModel.from_pretrained(folder, subfolder="transformer", trust_remote_code=True)
+        assert type(transformer) is type(t2i.transformer), (type(transformer), type(t2i.transformer))
+        generator = torch.Generator().manual_seed(0)
+        config = transformer.config
+        inputs = dict(
+            hidden_states=torch.randn(1, 4, config.in_channels, generator=generator),
+            timestep=torch.tensor([0.5]),
+            img_ids=torch.tensor([[0.0, row, col] for row in range(2) for col in range(2)]),
+            encoder_hidden_states=torch.randn(1, 3, config.joint_attention_dim, generator=generator),
+            return_dict=False,
+        )
+        with torch.no_grad():
+            got, want = transformer(**inputs)[0], t2i.transformer(**inputs)[0]
+        assert got.abs().sum() > 0
+        assert torch.equal(got, want)
         expected = np.load({str(folder / "outputs.npz")!r})
         for name, value in all_outputs(t2i, edit, model, processor).items():
             if name == "tokens":

@@ -45,3 +45,7 @@ def test_remote_code_without_the_package(tmp_path):
     assert "Do you wish to run the custom code" not in result.stdout
     assert result.returncode == 0, result.stderr[-4000:]
     assert "remote ok" in result.stdout
+    # Loading, `from_pipe` and `AutoModel` take the transformer's class as the pipelines were defined with.
+    assert "Expected types" not in result.stderr
+    assert "not switched over" not in result.stderr
+    assert "OvisU1Transformer2DModel" not in result.stderr, result.stderr[-4000:]

@@ -114,6 +114,10 @@ class OvisU1PipelineMixin:
             # transformers looks for `auto_map` code at the root even when loading a subfolder.
             copy_module(source, save_directory)
             index[name] = [module, type(component).__name__]
+            if isinstance(component, ModelMixin) and getattr(component, "_auto_class", None):
+                # `diffusers.AutoModel.from_pretrained(folder, subfolder=name, trust_remote_code=True)` reads
+                # `auto_map` from model_index.json, not from the component's config.json.
+                index.setdefault("auto_map", {})[component._auto_class] = f"{module}.{type(component).__name__}"
         with open(index_file, "w") as f:
             json.dump(index, f, indent=2, sort_keys=True)
 
@@ -162,6 +166,12 @@ class OvisU1PipelineMixin:
             # `SomePipeline.from_pretrained` loads that class, not the folder's pipeline code.
             config["_class_name"] = cls.__name__
         return config
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        # `auto_map` (see `save_config`) is for `AutoModel`, not a pipeline argument.
+        config_dict = {key: value for key, value in config_dict.items() if key != "auto_map"}
+        return super().extract_init_dict(config_dict, **kwargs)
 
     @classmethod
     def load_config(cls, *args, **kwargs):

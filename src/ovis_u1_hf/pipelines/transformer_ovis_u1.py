@@ -457,6 +457,9 @@ class OvisU1Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Attent
             Whether the model takes an embedded guidance scale (`guidance`) as input.
     """
 
+    # Saved configs name this class in `auto_map`, so that `diffusers.AutoModel.from_pretrained(folder,
+    # trust_remote_code=True)` loads it from the folder's copy of this file.
+    _auto_class = "AutoModel"
     _supports_gradient_checkpointing = True
     _no_split_modules = ["OvisU1TransformerBlock", "OvisU1SingleTransformerBlock", "OvisU1TokenRefinerBlock"]
     # Layerwise casting keeps the input and condition embeddings and every norm (with the adaLN modulations) in the
@@ -477,6 +480,12 @@ class OvisU1Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Attent
         },
         "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
     }
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        # `auto_map` is read by `AutoModel`, not by the constructor: diffusers would warn that it is unexpected.
+        config_dict = {key: value for key, value in config_dict.items() if key != "auto_map"}
+        return super().extract_init_dict(config_dict, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -690,3 +699,11 @@ class OvisU1Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Attent
             return (output,)
         return Transformer2DModelOutput(sample=output)
 
+
+# As remote code, diffusers executes this file again, in place, each time it loads a class from it: a saved folder's
+# pipeline file imports it, then the transformer component (and `AutoModel`) loads from it. A new class per run would
+# fail diffusers' type checks against the class the pipeline was defined with ("Expected types for transformer" on
+# load, and `from_pipe` not sharing the transformer), so the class of the first run is kept. The package's own module
+# is imported once and left as is (`importlib.reload` still picks up edits).
+if __name__.startswith("diffusers_modules."):
+    OvisU1Transformer2DModel = globals().setdefault("_FIRST_TRANSFORMER_CLASS", OvisU1Transformer2DModel)
