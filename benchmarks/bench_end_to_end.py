@@ -358,8 +358,10 @@ def table(rows: list[dict]) -> str:
         return "-" if value is None else format(value, spec)
 
     lines = [
-        "| task | mode | s / image (chat: s) | speed-up vs baseline | tokens/s | first token (s) | peak memory (MiB) |"
-        " max abs deviation |",
+        (
+            "| task | mode | s / image (chat: s) | speed-up vs baseline | tokens/s | first token (s) | peak memory (MiB) |"
+            " max abs deviation |"
+        ),
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
