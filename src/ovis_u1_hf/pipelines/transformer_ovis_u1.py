@@ -391,6 +391,8 @@ class OvisU1PosEmbed(FluxPosEmbed):
         return freqs_cos.unflatten(0, ids.shape[:-1]), freqs_sin.unflatten(0, ids.shape[:-1])
 
 
+# The same check as `modeling/configuration_ovis_u1.py`'s: a saved folder copies this module alone into
+# `transformer/`, where it cannot import the understanding model's modules.
 def check_pretrained_path(path):
     """
     `path` as `from_pretrained` takes it. A local folder (any `os.PathLike`, or a string that cannot be a Hub id) that
