@@ -1,5 +1,6 @@
-"""The FLUX helpers of diffusers that the Ovis-U1 pipelines reuse give the released layouts and schedule (SPEC 11), in
-the units the pipelines call them with."""
+"""The FLUX helpers of diffusers that the Ovis-U1 pipelines reuse (from the modules of Ovis-Image and Qwen-Image Edit,
+which hold the same code) are FLUX's and give the released layouts and schedule (SPEC 11), in the units the pipelines
+call them with."""
 
 import copy
 

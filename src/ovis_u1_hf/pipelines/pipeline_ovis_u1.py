@@ -20,7 +20,9 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ModelMixin
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift, retrieve_timesteps
+# FLUX's latent and schedule helpers, from Ovis-Image's pipeline (same code): FLUX's module imports its CLIP, T5 and
+# SigLIP classes, and transformers logs a warning per image processor there wherever torchvision is absent.
+from diffusers.pipelines.ovis_image.pipeline_ovis_image import OvisImagePipeline, calculate_shift, retrieve_timesteps
 from diffusers.utils import USE_PEFT_BACKEND, logging, scale_lora_layers, unscale_lora_layers
 from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 from diffusers.utils.torch_utils import randn_tensor
@@ -271,25 +273,26 @@ class OvisU1PipelineMixin:
 
     # ------------------------------------------------------------------ latents -------------------------------------
     #
-    # Ovis-U1's MMDiT packs latents and places its tokens as FLUX does: FLUX's helpers, in the grid units used here.
+    # Ovis-U1's MMDiT packs latents and places its tokens as FLUX does: FLUX's helpers (Ovis-Image's copies, see the
+    # imports), in the grid units used here.
 
     @staticmethod
     def pack_latents(latents: torch.Tensor) -> torch.Tensor:
         """`(B, C, 2h, 2w)` -> `(B, h * w, C * 4)`, channel-major within each 2x2 group."""
-        return FluxPipeline._pack_latents(latents, *latents.shape)
+        return OvisImagePipeline._pack_latents(latents, *latents.shape)
 
     @staticmethod
     def unpack_latents(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Inverse of `pack_latents`: `(B, height * width, C * 4)` -> `(B, C, 2 * height, 2 * width)`."""
         # FLUX's takes the image size and the VAE factor: the latent size with factor 1.
-        return FluxPipeline._unpack_latents(latents, 2 * height, 2 * width, 1)
+        return OvisImagePipeline._unpack_latents(latents, 2 * height, 2 * width, 1)
 
     @staticmethod
     def latent_ids(height: int, width: int, index: int, device: torch.device) -> torch.Tensor:
         """Rotary positions `(index, row, col)` of a `height` x `width` grid of packed tokens: index 0 for the noise,
         1 for an edit's context image (as FLUX Kontext marks its context image)."""
         # In float32, where FLUX passes the model dtype: bfloat16 cannot hold every row and column index past 256.
-        ids = FluxPipeline._prepare_latent_image_ids(None, height, width, device, torch.float32)
+        ids = OvisImagePipeline._prepare_latent_image_ids(None, height, width, device, torch.float32)
         ids[..., 0] = index
         return ids
 

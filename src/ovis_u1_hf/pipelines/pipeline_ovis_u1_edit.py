@@ -8,8 +8,9 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.pipelines.flux.pipeline_flux_kontext import retrieve_latents
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+# From Qwen-Image Edit's module, not FLUX Kontext's, which loads FLUX's CLIP and SigLIP classes (see pipeline_ovis_u1.py).
+from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import retrieve_latents
 from diffusers.utils import replace_example_docstring
 
 # diffusers copies only the modules a pipeline file imports itself: the transformer's too.
