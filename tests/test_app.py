@@ -78,6 +78,14 @@ def pipeline_images(pipe, prompt, width, height, steps, seed, count, guidance=5.
     ).images
 
 
+def pipeline_edit(pipe, image, instruction, steps, seed, **kwargs):
+    """The edit of the app's components by an edit pipeline of its own."""
+    reference = OvisU1EditPipeline.from_pipe(pipe, dtype=torch.float32)
+    reference.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(seed)
+    return reference(image, instruction, num_inference_steps=steps, generator=generator, **kwargs).images[0]
+
+
 @pytest.fixture(scope="module")
 def pipe():
     return with_readable_answers(tiny_text_to_image_pipeline())
@@ -124,6 +132,20 @@ def test_edit_returns_the_pipeline_edit(app, pipe):
     assert np.array_equal(np.asarray(edited), np.asarray(expected))
 
 
+def test_edit_makes_the_chosen_size(app, pipe):
+    image = an_image(0, 40, 56)
+    # Gradio passes the number fields' values as floats.
+    edited = app.edit(image, "make it blue", 2.0, 5.0, 1.2, 1.0, 80.0, 48.0)
+    expected = pipeline_edit(
+        pipe, image, "make it blue", 2, 1, guidance_scale=5.0, image_guidance_scale=1.2, height=48, width=80
+    )
+    assert edited.size == expected.size == (80, 48)
+    assert np.array_equal(np.asarray(edited), np.asarray(expected))
+    # Both fields at 0 or empty: the edit pipeline's size rule (56 x 40 -> 96 x 64).
+    for width, height in ((0, 0), (None, None), (0.0, None)):
+        assert app.edit(image, "make it blue", 1, 5.0, 1.2, 1, width, height).size == (96, 64)
+
+
 def test_the_edit_pipeline_shares_the_modules_in_their_dtype():
     # `OvisU1EditPipeline.from_pipe(pipe)` would cast the shared modules to float32.
     pipe = tiny_text_to_image_pipeline().to(dtype=torch.bfloat16)
@@ -163,6 +185,15 @@ def test_bad_inputs_are_shown_to_the_user(app):
     assert shown(app.edit, None, "make it blue", 1, 6.0, 1.5, 0) == "Image is missing: upload the image to edit."
     assert shown(app.edit, an_image(0, 40, 40), " ", 1, 6.0, 1.5, 0) == "Instruction is empty: describe the edit to make."
     assert shown(app.edit, an_image(0, 40, 40), "x", 1, 6.0, -1, 0) == "Image guidance must be a number of at least 0, got -1."
+    image = an_image(0, 40, 40)
+    assert shown(app.edit, image, "x", 1, 6.0, 1.5, 0, 0, 48) == (
+        "Give both Height and Width, or leave both at 0 for the input's aspect ratio at about one megapixel."
+    )
+    assert shown(app.edit, image, "x", 1, 6.0, 1.5, 0, 64, None).startswith("Give both Height and Width")
+    assert shown(app.edit, image, "x", 1, 6.0, 1.5, 0, 1808, 48) == "Width must be between 16 and 1792, got 1808."
+    assert shown(app.edit, image, "x", 1, 6.0, 1.5, 0, 64, -16) == "Height must be between 16 and 1792, got -16."
+    assert shown(app.edit, image, "x", 1, 6.0, 1.5, 0, 64, 50) == "Height must be a multiple of 16, got 50: use 48 or 64."
+    assert shown(app.edit, image, "x", 1, 6.0, 1.5, 0, 64.5, 48) == "Width must be a whole number of pixels, got 64.5."
 
 
 def test_uploaded_images_are_checked_like_the_command_line(app, tmp_path):
@@ -331,6 +362,33 @@ def test_browser_edit_shows_the_pipeline_edit(page, pipe, tmp_path):
     expect(output).to_have_count(1, timeout=30_000)
     shown = shown_image(page, output)
     assert shown.size == (96, 64)
+    assert np.array_equal(np.asarray(shown), np.asarray(expected))
+
+
+def test_browser_edit_makes_the_chosen_size(page, pipe, tmp_path):
+    from playwright.sync_api import expect
+
+    image_path = tmp_path / "photo.png"
+    an_image(8, 40, 56).save(image_path)
+    expected = pipeline_edit(pipe, Image.open(image_path), "make it blue", 2, 5, height=48, width=80)
+
+    page.reload()  # the size fields at their defaults
+    page.get_by_role("tab", name="Edit").click()
+    tab = page.locator("#edit-tab")
+    page.locator("#edit-image input[type=file]").set_input_files(str(image_path))
+    page.locator("#edit-instruction textarea").fill("make it blue")
+    set_number(tab, "number input for Steps", 2)
+    set_number(tab, "Seed", 5)
+    set_number(tab, "Height", 48)
+    page.locator("#edit-run").click()
+    expect(page.get_by_text("Give both Height and Width, or leave both at 0")).to_be_visible()
+    set_number(tab, "Width", 80)
+    page.locator("#edit-run").click()
+
+    output = page.locator("#edit-output img")
+    expect(output).to_have_count(1, timeout=30_000)
+    shown = shown_image(page, output)
+    assert shown.size == (80, 48)  # not the default 96 x 64 of a 56 x 40 input
     assert np.array_equal(np.asarray(shown), np.asarray(expected))
 
 

@@ -13,7 +13,7 @@ import PIL.Image
 import torch
 
 from .chat import stream_answer
-from .inputs import InputError, check_text, open_image
+from .inputs import InputError, check_image_side, check_text, open_image
 from .pipelines import MAX_IMAGE_SIZE, OvisU1EditPipeline, OvisU1TextToImagePipeline
 
 
@@ -62,6 +62,19 @@ def check_number(value, label: str, minimum: float) -> float:
     return value
 
 
+def check_edit_size(width, height, multiple: int) -> tuple[int | None, int | None]:
+    """`(height, width)` of an edit from the Edit tab's fields; both empty or 0: `(None, None)`, the edit pipeline's
+    default (the input's aspect ratio at about one megapixel, as the released model)."""
+    chosen = [value not in (None, 0) for value in (height, width)]
+    if not any(chosen):
+        return None, None
+    if not all(chosen):
+        raise InputError(
+            "Give both Height and Width, or leave both at 0 for the input's aspect ratio at about one megapixel."
+        )
+    return check_image_side(height, "Height", multiple), check_image_side(width, "Width", multiple)
+
+
 GENERATE_FIELDS = {
     "prompt": "Prompt",
     "height": "Height",
@@ -73,6 +86,8 @@ GENERATE_FIELDS = {
 EDIT_FIELDS = {
     "prompt": "Instruction",
     "image": "Image",
+    "height": "Height",
+    "width": "Width",
     "num_inference_steps": "Steps",
     "guidance_scale": "Text guidance",
     "image_guidance_scale": "Image guidance",
@@ -161,8 +176,12 @@ class OvisU1App:
         guidance: float = 6.0,
         image_guidance: float = 1.5,
         seed: float = 0,
+        width: float | None = 0,
+        height: float | None = 0,
         progress: Callable | None = None,
     ) -> PIL.Image.Image:
+        """The edited image, `width` x `height` where both are given (multiples of 16), else the edit pipeline's
+        default size."""
         try:
             if image is None:
                 raise InputError("Image is missing: upload the image to edit.")
@@ -171,9 +190,12 @@ class OvisU1App:
             checks = ((steps, "Steps", 1), (guidance, "Text guidance", 0), (image_guidance, "Image guidance", 0))
             for value, label, minimum in checks:
                 check_number(value, label, minimum)
+            height, width = check_edit_size(width, height, self.edit_pipe.size_multiple)
             return self.edit_pipe(
                 image,
                 instruction,
+                height=height,
+                width=width,
                 num_inference_steps=int(steps),
                 guidance_scale=guidance,
                 image_guidance_scale=image_guidance,
@@ -224,9 +246,9 @@ def build_app(pipe: OvisU1TextToImagePipeline, title: str = "Ovis-U1"):
     def generate(prompt, width, height, steps, guidance, seed, count, progress=gr.Progress()):
         return app.generate(prompt, width, height, steps, guidance, seed, count, progress=progress)
 
-    def edit(image, instruction, steps, guidance, image_guidance, seed, progress=gr.Progress()):
+    def edit(image, instruction, steps, guidance, image_guidance, seed, width, height, progress=gr.Progress()):
         image = uploaded_path(image, source)
-        return app.edit(image, instruction, steps, guidance, image_guidance, seed, progress=progress)
+        return app.edit(image, instruction, steps, guidance, image_guidance, seed, width, height, progress=progress)
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(
@@ -279,6 +301,12 @@ def build_app(pipe: OvisU1TextToImagePipeline, title: str = "Ovis-U1"):
                 with gr.Column():
                     source = gr.Image(label="Image", type="filepath", image_mode=None, elem_id="edit-image")
                     instruction = gr.Textbox(label="Instruction", lines=2, elem_id="edit-instruction")
+                    with gr.Row():
+                        size_field = dict(
+                            precision=0, minimum=0, step=size_step, info="0: the input's aspect ratio, about 1 megapixel"
+                        )
+                        edit_width = gr.Number(0, label="Width", elem_id="edit-width", **size_field)
+                        edit_height = gr.Number(0, label="Height", elem_id="edit-height", **size_field)
                     edit_steps = gr.Slider(1, 100, value=50, step=1, label="Steps")
                     with gr.Row():
                         text_guidance = gr.Slider(0, 15, value=6.0, step=0.5, label="Text guidance")
@@ -289,7 +317,9 @@ def build_app(pipe: OvisU1TextToImagePipeline, title: str = "Ovis-U1"):
                     edited = gr.Image(
                         label="Edited", type="pil", format="png", interactive=False, elem_id="edit-output"
                     )
-            edit_inputs = [source, instruction, edit_steps, text_guidance, image_guidance, edit_seed]
+            edit_inputs = [
+                source, instruction, edit_steps, text_guidance, image_guidance, edit_seed, edit_width, edit_height
+            ]
             # Unprocessed inputs: the image as its upload's path (`uploaded_path`); the other fields need no processing.
             gr.on([run_edit.click, instruction.submit], edit, edit_inputs, edited, preprocess=False, **model_event)
 

@@ -52,13 +52,31 @@ def check_text(text: str | None, what: str, hint: str) -> str:
 
 def check_image_size(args) -> None:
     """`--height` / `--width` (either may be unset), within the pipelines' bounds, before any model loads."""
-    from .pipelines import MAX_IMAGE_SIZE
-
     for name in ("height", "width"):
         value = getattr(args, name)
-        # 16: one latent patch (the VAE's 8x downsampling, then 2x2 packing).
-        if value is not None and not 16 <= value <= MAX_IMAGE_SIZE:
-            raise InputError(f"--{name} must be between 16 and {MAX_IMAGE_SIZE}, got {value}.")
+        if value is not None:
+            check_image_side(value, f"--{name}")
+
+
+def check_image_side(value, what: str, multiple: int = 1) -> int:
+    """
+    One side of an output image in pixels, as an int: a whole number from 16 to `MAX_IMAGE_SIZE` and, where `multiple`
+    is given, a multiple of it (the pipelines floor other sizes to multiples of 16, warning in the log only). `what`
+    names it in messages (`--height`, `Height`).
+    """
+    from .pipelines import MAX_IMAGE_SIZE
+
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a number field's value
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InputError(f"{what} must be a whole number of pixels, got {value}.")
+    # 16: one latent patch (the VAE's 8x downsampling, then 2x2 packing).
+    if not 16 <= value <= MAX_IMAGE_SIZE:
+        raise InputError(f"{what} must be between 16 and {MAX_IMAGE_SIZE}, got {value}.")
+    if value % multiple:
+        lower = value // multiple * multiple
+        raise InputError(f"{what} must be a multiple of {multiple}, got {value}: use {lower} or {lower + multiple}.")
+    return value
 
 
 def image_format(path) -> str:
@@ -169,6 +187,8 @@ __all__ = [
     "InputError",
     "check_attention",
     "check_device",
+    "check_image_side",
+    "check_image_size",
     "check_text",
     "check_weights",
     "check_writable_folder",

@@ -26,6 +26,9 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ModelMixin
 from diffusers.hooks import FasterCacheConfig, PyramidAttentionBroadcastConfig
 from diffusers.image_processor import VaeImageProcessor
+# FLUX's latent and schedule helpers, from Ovis-Image's pipeline (same code): FLUX's module imports its CLIP, T5 and
+# SigLIP classes, and transformers logs a warning per image processor there wherever torchvision is absent.
+from diffusers.pipelines.ovis_image.pipeline_ovis_image import OvisImagePipeline, calculate_shift, retrieve_timesteps
 from diffusers.utils import USE_PEFT_BACKEND, logging, scale_lora_layers, unscale_lora_layers
 from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 from diffusers.utils.torch_utils import randn_tensor
@@ -310,29 +313,29 @@ class OvisU1PipelineMixin:
         return tokens, pooled, mask
 
     # ------------------------------------------------------------------ latents -------------------------------------
+    #
+    # Ovis-U1's MMDiT packs latents and places its tokens as FLUX does: FLUX's helpers (Ovis-Image's copies, see the
+    # imports), in the grid units used here.
 
     @staticmethod
     def pack_latents(latents: torch.Tensor) -> torch.Tensor:
         """`(B, C, 2h, 2w)` -> `(B, h * w, C * 4)`, channel-major within each 2x2 group."""
-        batch, channels, height, width = latents.shape
-        latents = latents.view(batch, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
-        return latents.reshape(batch, (height // 2) * (width // 2), channels * 4)
+        return OvisImagePipeline._pack_latents(latents, *latents.shape)
 
     @staticmethod
     def unpack_latents(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Inverse of `pack_latents`: `(B, height * width, C * 4)` -> `(B, C, 2 * height, 2 * width)`."""
-        batch, _, channels = latents.shape
-        latents = latents.view(batch, height, width, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-        return latents.reshape(batch, channels // 4, height * 2, width * 2)
+        # FLUX's takes the image size and the VAE factor: the latent size with factor 1.
+        return OvisImagePipeline._unpack_latents(latents, 2 * height, 2 * width, 1)
 
     @staticmethod
     def latent_ids(height: int, width: int, index: int, device: torch.device) -> torch.Tensor:
-        """Rotary positions `(index, row, col)` of a `height` x `width` grid of packed tokens."""
-        ids = torch.zeros(height, width, 3, device=device)
+        """Rotary positions `(index, row, col)` of a `height` x `width` grid of packed tokens: index 0 for the noise,
+        1 for an edit's context image (as FLUX Kontext marks its context image)."""
+        # In float32, where FLUX passes the model dtype: bfloat16 cannot hold every row and column index past 256.
+        ids = OvisImagePipeline._prepare_latent_image_ids(None, height, width, device, torch.float32)
         ids[..., 0] = index
-        ids[..., 1] = torch.arange(height, device=device)[:, None]
-        ids[..., 2] = torch.arange(width, device=device)[None, :]
-        return ids.reshape(height * width, 3)
+        return ids
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
         """Packed-token grid of a `height` x `width` image."""
@@ -378,10 +381,10 @@ class OvisU1PipelineMixin:
         mu = None
         if config.use_dynamic_shifting:
             # The shift grows linearly with the number of noise tokens (FLUX's rule).
-            slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
-            mu = config.base_shift + slope * (image_seq_len - config.base_image_seq_len)
-        scheduler.set_timesteps(sigmas=sigmas, device=device, mu=mu)
-        return scheduler.timesteps
+            mu = calculate_shift(
+                image_seq_len, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift
+            )
+        return retrieve_timesteps(scheduler, device=device, sigmas=sigmas, mu=mu)[0]
 
     def call_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
         """A copy of the scheduler for one call: its schedule and step index are per call, so that calls running at

@@ -9,6 +9,8 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+# From Qwen-Image Edit's module, not FLUX Kontext's, which loads FLUX's CLIP and SigLIP classes (see pipeline_ovis_u1.py).
+from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import retrieve_latents
 from diffusers.utils import replace_example_docstring
 
 # diffusers copies only the modules a pipeline file imports itself: the transformer's too.
@@ -110,15 +112,22 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoade
         return sizes.pop()
 
     def encode_image(self, images: list[PIL.Image.Image], generator, device: torch.device) -> torch.Tensor:
-        """Packed, scaled VAE latents sampled (with `generator`) from the posterior of each image."""
-        pixels = np.stack([np.asarray(image, dtype=np.float32) for image in images]) / 127.5 - 1.0
-        pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device=device, dtype=self.vae.dtype)
+        """Packed, scaled VAE latents sampled (with `generator`) from the posterior of each image (of one size, in
+        multiples of 16)."""
+        # Images already at the output size: no resizing, only `x / 127.5 - 1` in [-1, 1].
+        width, height = images[0].size
+        pixels = self.image_processor.preprocess(images, height=height, width=width)
+        pixels = pixels.to(device=device, dtype=self.vae.dtype)
+        # A sample of the posterior, as the released model takes (FLUX Kontext takes its mode).
         if isinstance(generator, list):
             latents = torch.cat(
-                [self.vae.encode(pixels[i : i + 1]).latent_dist.sample(g) for i, g in enumerate(generator)]
+                [
+                    retrieve_latents(self.vae.encode(pixels[i : i + 1]), g, sample_mode="sample")
+                    for i, g in enumerate(generator)
+                ]
             )
         else:
-            latents = self.vae.encode(pixels).latent_dist.sample(generator)
+            latents = retrieve_latents(self.vae.encode(pixels), generator, sample_mode="sample")
         shift = self.vae.config.shift_factor or 0.0
         return self.pack_latents((latents - shift) * self.vae.config.scaling_factor)
 
