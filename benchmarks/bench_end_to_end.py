@@ -13,7 +13,8 @@ rest repeats; every number of one table comes from one run, so compare ratios, n
 - baseline: the released algorithm written plainly: each guidance branch's condition from its own language-model
   call, one transformer call per branch per step with the token refiner inside it, float32.
 - exact: the pipeline as it is (float32). Its output is the reference of the deviations.
-- exact, first call: the same with nothing kept from earlier calls (`pipe.condition_cache` cleared).
+- exact, first call: the same with nothing kept from earlier calls (`pipe.condition_cache`, `pipe.context_cache`
+  cleared).
 - exact, batched: the guidance branches in one masked transformer call per step (the default on accelerators;
   `pipe.batch_guidance_branches = True`), on a device where the default is one call per branch, and vice versa.
 - cache: exact plus diffusers' first-block cache (`FirstBlockCacheConfig`).
@@ -267,6 +268,12 @@ def logit_deviation(logits: torch.Tensor, reference: torch.Tensor) -> float:
     return float((logits[finite] - reference[finite]).abs().max())
 
 
+def forget_earlier_calls(pipe) -> None:
+    pipe.condition_cache.clear()
+    if hasattr(pipe, "context_cache"):
+        pipe.context_cache.clear()
+
+
 def uncompile(module: torch.nn.Module) -> None:
     for sub in module.modules():
         sub._compiled_call_impl = None
@@ -345,7 +352,7 @@ def run(args) -> list[dict]:
         run_pipe = lambda n=steps, f=pipeline_fn, p=pipe: f(p, n)  # noqa: E731
         measure(task, "exact", run_pipe)
         measure(task, "baseline", baseline_fn)
-        measure(task, "exact, first call", run_pipe, before=pipe.condition_cache.clear)
+        measure(task, "exact, first call", run_pipe, before=lambda p=pipe: forget_earlier_calls(p))
         pipe.batch_guidance_branches = not batched_by_default
         measure(task, "exact, " + ("one call per branch" if batched_by_default else "batched"), run_pipe)
         pipe.batch_guidance_branches = None

@@ -95,11 +95,21 @@ def test_text_to_image_runs_the_vision_tower_once_and_reuses_repeated_turns(t2i)
 
 def test_edit_reuses_the_image_across_branches_and_instructions(edit):
     counter = Counter(edit)
-    generate(edit)
-    # The input image (instruction and no-text branches) and the white image (no-both branch).
-    assert counter.take() == (2, 3)
+    encodes = []
+    edit.vae.encoder.register_forward_hook(lambda _, args, out: encodes.append(args[0].shape[0]))
+    first = generate(edit, generator=torch.Generator().manual_seed(1))
+    # The input image (instruction and no-text branches) and the white image (no-both branch); the VAE encodes the
+    # input once.
+    assert counter.take() == (2, 3) and encodes == [1]
     generate(edit, prompt="make it red")
-    assert counter.take() == (0, 1)
+    assert counter.take() == (0, 1) and encodes == [1]
+    # The kept posterior gives the same sample for the same seed.
+    again = generate(edit, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.as_tensor(again), torch.as_tensor(first))
+    edit.context_cache.clear()
+    assert torch.equal(torch.as_tensor(generate(edit, generator=torch.Generator().manual_seed(1))),
+                       torch.as_tensor(first))  # fmt: skip
+    assert encodes == [1, 1]
 
 
 @pytest.mark.parametrize("kind", ["t2i", "edit"])

@@ -233,11 +233,16 @@ class OvisU1PipelineMixin:
         return image.resize(size[::-1], resample=PIL.Image.Resampling.BICUBIC)
 
     @property
-    def condition_cache(self) -> "ConditionCache":
-        """The language-model outputs this pipeline reuses across calls (see [`ConditionCache`])."""
+    def condition_cache(self) -> "ReuseCache":
+        """The language-model outputs this pipeline reuses across calls (see [`ReuseCache`])."""
         if "_condition_cache" not in self.__dict__:
-            self._condition_cache = ConditionCache()
+            self._condition_cache = ReuseCache()
         return self._condition_cache
+
+    def reuse_cache(self, name: str, model: torch.nn.Module) -> "ReuseCache":
+        """The pipeline's cache `name` when its entries may be reused for `model`, else an empty one for this call."""
+        cache = getattr(self, name)
+        return cache if cache.usable_for(model) else ReuseCache()
 
     def encode_condition(
         self,
@@ -256,7 +261,7 @@ class OvisU1PipelineMixin:
         edited again) are taken from `condition_cache` instead, exactly as computed then.
         """
         # Without a reusable cache (adapters, training), repeats are still computed once per call.
-        cache = self.condition_cache if self.condition_cache.usable_for(self.text_encoder) else ConditionCache()
+        cache = self.reuse_cache("condition_cache", self.text_encoder)
         conditions = []
         for text, image in zip(texts, images):
             digest = image_digest(image)
@@ -271,7 +276,7 @@ class OvisU1PipelineMixin:
         digest: str,
         device: torch.device,
         lora_scale: float | None,
-        cache: "ConditionCache",
+        cache: "ReuseCache",
     ) -> torch.Tensor:
         """The condition `(1, length, 2 * hidden)` of one user turn; its image's visual embeddings from `cache` when
         they are there."""
@@ -636,13 +641,13 @@ def split_branches(branches: dict, num_branches: int) -> list[dict]:
     return split
 
 
-class ConditionCache:
+class ReuseCache:
     """
-    Language-model outputs of a pipeline kept for reuse across calls: the visual embeddings of each distinct
-    condition image and the condition of each (text, image) turn, least recently used first out. They are used only
-    while the text encoder keeps the same weights unchanged (no in-place update, cast, move or replacement since they
-    were computed), is in eval mode and has no adapter layers (whose scales may change between calls); otherwise
-    everything is computed afresh.
+    Outputs of one model of a pipeline kept for reuse across calls, least recently used first out: the text encoder's
+    visual embeddings of each distinct condition image and condition of each (text, image) turn, the VAE's posterior
+    of each image to edit. They are used only while the model keeps the same weights unchanged (no in-place update,
+    cast, move or replacement since they were computed), is in eval mode and has no adapter layers (whose scales may
+    change between calls); otherwise everything is computed afresh.
     """
 
     def __init__(self, size: int = CONDITION_CACHE_SIZE):

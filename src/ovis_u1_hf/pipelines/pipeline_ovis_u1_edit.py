@@ -1,6 +1,7 @@
 # Copyright 2026 The ovis-u1-hf authors. Licensed under the Apache License, Version 2.0.
 """Ovis-U1 instruction-based image editing pipeline."""
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -8,6 +9,8 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 # From Qwen-Image Edit's module, not FLUX Kontext's, which loads FLUX's CLIP and SigLIP classes (see pipeline_ovis_u1.py).
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import retrieve_latents
@@ -16,7 +19,7 @@ from diffusers.utils import replace_example_docstring
 # diffusers copies only the modules a pipeline file imports itself: the transformer's too.
 from .transformer_ovis_u1 import OvisU1Transformer2DModel  # noqa: F401
 from .lora_ovis_u1 import OvisU1LoraLoaderMixin
-from .pipeline_ovis_u1 import UNCONDITIONAL_PROMPT, OvisU1PipelineMixin
+from .pipeline_ovis_u1 import UNCONDITIONAL_PROMPT, OvisU1PipelineMixin, ReuseCache, image_digest
 
 
 EXAMPLE_DOC_STRING = """
@@ -37,6 +40,12 @@ EXAMPLE_DOC_STRING = """
 EDIT_SIZE_FACTOR = 32
 EDIT_MIN_PIXELS = 56 * 56
 EDIT_MAX_PIXELS = 1003520
+
+
+def sample_posterior(parameters: torch.Tensor, generator) -> torch.Tensor:
+    """A sample of the VAE posteriors with these parameters, drawn as from the VAE's own output."""
+    output = AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution(parameters))
+    return retrieve_latents(output, generator, sample_mode="sample")
 
 
 class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoaderMixin):
@@ -111,23 +120,32 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoade
             raise ValueError(f"The images give different output sizes {sorted(sizes)}: pass `height` and `width`.")
         return sizes.pop()
 
+    @property
+    def context_cache(self) -> ReuseCache:
+        """The VAE posteriors of the images to edit that this pipeline reuses across calls (see [`ReuseCache`])."""
+        if "_context_cache" not in self.__dict__:
+            self._context_cache = ReuseCache()
+        return self._context_cache
+
+    def image_posterior(self, image: PIL.Image.Image, device: torch.device) -> torch.Tensor:
+        """The parameters (mean and log-variance) of the VAE posterior of an image whose sides are multiples of 16."""
+        # Images already at the output size: no resizing, only `x / 127.5 - 1` in [-1, 1].
+        pixels = self.image_processor.preprocess([image], height=image.height, width=image.width)
+        return self.vae.encode(pixels.to(device=device, dtype=self.vae.dtype)).latent_dist.parameters
+
     def encode_image(self, images: list[PIL.Image.Image], generator, device: torch.device) -> torch.Tensor:
         """Packed, scaled VAE latents sampled (with `generator`) from the posterior of each image (of one size, in
-        multiples of 16)."""
-        # Images already at the output size: no resizing, only `x / 127.5 - 1` in [-1, 1].
-        width, height = images[0].size
-        pixels = self.image_processor.preprocess(images, height=height, width=width)
-        pixels = pixels.to(device=device, dtype=self.vae.dtype)
+        multiples of 16). Each distinct image is encoded once, alone, and its posterior kept in `context_cache`."""
+        cache = self.reuse_cache("context_cache", self.vae)
+        posteriors = [
+            cache.get(("posterior", image_digest(image)), functools.partial(self.image_posterior, image, device))
+            for image in images
+        ]
         # A sample of the posterior, as the released model takes (FLUX Kontext takes its mode).
         if isinstance(generator, list):
-            latents = torch.cat(
-                [
-                    retrieve_latents(self.vae.encode(pixels[i : i + 1]), g, sample_mode="sample")
-                    for i, g in enumerate(generator)
-                ]
-            )
+            latents = torch.cat([sample_posterior(p.to(device), g) for p, g in zip(posteriors, generator)])
         else:
-            latents = retrieve_latents(self.vae.encode(pixels), generator, sample_mode="sample")
+            latents = sample_posterior(torch.cat(posteriors).to(device), generator)
         shift = self.vae.config.shift_factor or 0.0
         return self.pack_latents((latents - shift) * self.vae.config.scaling_factor)
 
