@@ -366,6 +366,10 @@ def test_resuming_continues_the_same_loss_curve(workspace, tmp_path):
     shutil.copytree(checkpoint, tmp_path / "c" / "checkpoint-4")
     latest = run(workspace, tmp_path / "c", *options, "--resume_from_checkpoint", "latest")
     np.testing.assert_allclose(latest, uninterrupted[4:], rtol=1e-6)
+    # A checkpoint's name is looked up in the output folder (as diffusers' scripts do); checkpoint-6 is saved anew.
+    again = run(workspace, tmp_path / "a", *options, "--resume_from_checkpoint", "checkpoint-4")
+    np.testing.assert_allclose(again, uninterrupted[4:], rtol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == written
     with safe_open(tmp_path / "a" / "pytorch_lora_weights.safetensors", framework="pt") as a, safe_open(
         tmp_path / "c" / "pytorch_lora_weights.safetensors", framework="pt"
     ) as c:
@@ -450,13 +454,22 @@ def test_random_flip_draws_flipped_and_unflipped_latents(workspace, tmp_path):
     assert 0 < sum(flipped) < len(flipped)
 
 
-def test_conditions_cached_on_disk_train_as_in_memory(workspace, tmp_path):
+def test_conditions_cached_on_disk_train_as_in_memory_and_the_edit_lora_loads(workspace, tmp_path):
     options = ["--train_batch_size", "3", "--max_train_steps", "4", "--condition_dropout_prob", "0.3"]
     in_memory = run(workspace, tmp_path / "a", *options, data="edit")
     on_disk = run(workspace, tmp_path / "b", *options, "--cache_dir", str(tmp_path / "cache"), data="edit")
     assert on_disk == in_memory
     names = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert names == [f"{i:08d}.safetensors" for i in range(6)] + ["no_both-64x64.safetensors", "no_both-64x96.safetensors"]
+
+    pipe = tiny_edit_pipeline()
+    source = PIL.Image.open(workspace / "edit" / "source1.png")
+    call = dict(image=source, prompt="make it blue", num_inference_steps=2, output_type="np")
+    base = pipe(generator=torch.Generator().manual_seed(0), **call).images[0]
+    pipe.load_lora_weights(tmp_path / "b")
+    assert np.abs(pipe(generator=torch.Generator().manual_seed(0), **call).images[0] - base).max() > 0.01
+    pipe.unload_lora_weights()
+    np.testing.assert_array_equal(pipe(generator=torch.Generator().manual_seed(0), **call).images[0], base)
 
 
 # ---------------------------------------------------------------------------------------------- bad input ---------

@@ -111,7 +111,7 @@ def load_generation_metadata(
         raise DataError(f"The task must be {TEXT_TO_IMAGE!r} or {EDIT!r}, got {task!r}.")
     examples = []
     try:
-        lines = metadata.read_text(encoding="utf-8").splitlines()
+        lines = metadata.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not part of line 1
     except UnicodeDecodeError as error:
         raise DataError(f"{metadata} is not UTF-8 text ({error}).") from None
     for number, line in enumerate(lines, 1):

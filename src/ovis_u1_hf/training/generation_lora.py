@@ -305,10 +305,14 @@ def load_rgb(path: Path, line: str) -> PIL.Image.Image:
 @torch.no_grad()
 def latent_distributions(pipe, images: list[PIL.Image.Image]) -> torch.Tensor:
     """The VAE posterior parameters `(batch, 2 * latent_channels, h, w)` (mean, log-variance) of images of one size,
-    from pixels in [-1, 1] as the edit pipeline encodes its input."""
-    pixels = np.stack([np.asarray(image, dtype=np.float32) for image in images]) / 127.5 - 1.0
-    pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device=pipe.vae.device, dtype=pipe.vae.dtype)
-    return pipe.vae.encode(pixels).latent_dist.parameters.float().cpu()
+    from pixels in [-1, 1] as the edit pipeline encodes its input. One image at a time: the VAE's activations at a
+    megapixel take gigabytes each."""
+    parameters = []
+    for image in images:
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+        pixels = pixels.to(device=pipe.vae.device, dtype=pipe.vae.dtype)
+        parameters.append(pipe.vae.encode(pixels).latent_dist.parameters.float().cpu())
+    return torch.cat(parameters)
 
 
 def scaled_latents(pipe, parameters: torch.Tensor, sampling: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -613,9 +617,12 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, total_limit: int |
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
         (staging / TRAINING_STATE_FILE).write_text(json.dumps({"global_step": step}) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
+        replaced = output_dir / f".checkpoint-{step}.replaced"
+        if final.exists():  # a rerun saving the same step: the old one goes only once the new one is in place
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.rename(final, replaced)
         os.rename(staging, final)
+        shutil.rmtree(replaced, ignore_errors=True)
         found = checkpoints(output_dir)
         for old in found[: max(0, len(found) - total_limit)] if total_limit else []:
             shutil.rmtree(old)
