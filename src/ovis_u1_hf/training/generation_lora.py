@@ -97,7 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("model and data")
-    data.add_argument("--model", required=True, help="A converted pipeline folder or Hub id (`ovis-u1 convert`).")
+    data.add_argument("--model", required=True,
+                      help="A pipeline folder or Hub id, as `ovis-u1 generate` takes it: the released checkpoint "
+                           "(AIDC-AI/Ovis-U1-3B) is converted once into the cache.")
     data.add_argument("--data", required=True, help="Image folder with a metadata.jsonl (see the README).")
     data.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True,
                       help="Where the LoRA weights, checkpoints and validation images go.")
