@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import CompileConfig
 
 from ovis_u1_hf.modeling.modeling_ovis_u1 import OvisU1ForConditionalGeneration, OvisU1Model
 from tiny_models import image_ids, tiny_config, tiny_model
@@ -237,3 +238,31 @@ def test_output_switches_with_text_only_leave_image_outputs_empty(tester):
         out = model(input_ids=torch.tensor([[5, 6, 7]]), output_hidden_states=True)
     assert out.image_outputs is None and out.image_hidden_states is None
     assert len(out.hidden_states) == model.config.text_config.num_hidden_layers + 1
+
+
+def test_decoding_steps_compile_as_one_graph_with_a_static_cache():
+    # `_can_compile_fullgraph`: with a static cache, generate compiles the decoding step, which never sees the images.
+    assert OvisU1ForConditionalGeneration._can_compile_fullgraph
+    model = tiny_model(seed=1, text={"tie_word_embeddings": False}, tie_word_embeddings=False)  # tokens that vary
+    inputs, _ = OvisU1ModelTester(seed=1).prepare_inputs()
+    options = dict(
+        max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0, return_dict_in_generate=True, output_logits=True
+    )
+    eager = model.generate(**inputs, **options)
+    graphs = []
+
+    def inductor(graph, example_inputs):
+        graphs.append(graph)
+        return torch._inductor.compile(graph, example_inputs)
+
+    config = CompileConfig(fullgraph=True, dynamic=False, backend=inductor, mode=None)
+    config._compile_all_devices = True  # compile on the CPU too, as transformers' own test does
+    torch.compiler.reset()
+    try:
+        for _ in range(2):  # the second generation reuses the graph
+            compiled = model.generate(**inputs, cache_implementation="static", compile_config=config, **options)
+            assert compiled.sequences.tolist() == eager.sequences.tolist()
+            torch.testing.assert_close(torch.stack(compiled.logits), torch.stack(eager.logits))
+    finally:
+        torch.compiler.reset()
+    assert len(graphs) == 1

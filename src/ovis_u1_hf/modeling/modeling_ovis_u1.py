@@ -335,7 +335,9 @@ class OvisU1PreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False  # packed vision segments depend on the data
+    # The decoding steps, which never see images, compile without graph breaks; the vision tower (its packed segments
+    # depend on the data) runs in the prefill only, which generate does not compile.
+    _can_compile_fullgraph = True
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -618,11 +620,11 @@ class OvisU1Model(OvisU1PreTrainedModel):
             image_features = image_outputs.pooler_output
             inputs_embeds = self.merge_image_features(image_mask, opening_mask, inputs_embeds, image_features)
             image_features = torch.cat(image_features)
+        # Without a branch on the data, so that a decoding step compiles as one graph.
         for token_id, row in zip(self.config.visual_indicator_token_ids, self.indicator_rows()):
             indicator = self.token_mask(token_id, input_ids, inputs_embeds)
-            if indicator.any():
-                embedding = self.visual_embeddings_table.weight[row].to(inputs_embeds.dtype)
-                inputs_embeds = torch.where(indicator[..., None], embedding, inputs_embeds)
+            embedding = self.visual_embeddings_table.weight[row].to(inputs_embeds.dtype)
+            inputs_embeds = torch.where(indicator[..., None], embedding, inputs_embeds)
 
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             # Left-padded rows count positions from their first real token, as generation does.
