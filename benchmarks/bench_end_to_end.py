@@ -6,16 +6,21 @@ End-to-end speed of the pipelines (text-to-image, edit) and of chat, at the rele
 
 A random checkpoint in the released layout (28 LLM layers, 24 vision layers, 6 double + 12 single decoder blocks, the
 released vocabularies and VAE; widths full, half or a quarter of the released ones) is written to a temporary folder,
-converted with the real converter and loaded as the pipelines. Each mode runs once to warm up (one step) and once
-timed; every number of one table comes from one run, so compare ratios, not seconds across runs.
+converted with the real converter and loaded as the pipelines. Each mode runs once to warm up (one step, another
+prompt or instruction on the same image) and once timed, as in an app or a batch job where prompts change and the
+rest repeats; every number of one table comes from one run, so compare ratios, not seconds across runs.
 
 - baseline: the released algorithm written plainly: each guidance branch's condition from its own language-model
   call, one transformer call per branch per step with the token refiner inside it, float32.
 - exact: the pipeline as it is (float32). Its output is the reference of the deviations.
+- exact, first call: the same with nothing kept from earlier calls (`pipe.condition_cache` cleared).
+- exact, batched: the guidance branches in one masked transformer call per step (the default on accelerators;
+  `pipe.batch_guidance_branches = True`), on a device where the default is one call per branch, and vice versa.
 - cache: exact plus diffusers' first-block cache (`FirstBlockCacheConfig`).
 - compile: exact with the transformer's repeated blocks compiled (`compile_repeated_blocks`); on CUDA by default,
   on the CPU only with `--compile` (it needs a C++ compiler and minutes).
 - bf16: the pipeline in bfloat16 (the VAE stays float32).
+- bf16 + cache: both.
 
 Peak memory is the resident set (RSS) sampled during the mode on the CPU, `torch.cuda.max_memory_allocated` on a GPU.
 Deviations are max |image - exact image| on [0, 1] pixels; for chat, max |logits - exact logits| of the first token.
@@ -42,6 +47,9 @@ RELEASED_DEPTHS = dict(llm_layers=28, vision_layers=24, decoder_depth=6, decoder
 WIDTH_DIVISORS = {"full": 1, "half": 2, "quarter": 4}
 PROMPT = "a red cat sitting on a blue mat next to an old lamp"
 INSTRUCTION = "make the sky purple and add a small yellow moon"
+# The warm-up runs: other text, the same size and image.
+WARM_UP_PROMPT = "a green bird on a branch"
+WARM_UP_INSTRUCTION = "turn it into a pencil drawing"
 QUESTION = "What is in the picture? Describe it in detail."
 
 
@@ -181,11 +189,18 @@ def released_sampler(pipe, conditions, latents, steps, combine, context=None, im
     return latents
 
 
+def released_condition(pipe, text, image, device):
+    """One branch's condition from its own language-model call on its own image, as the released code computes it."""
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    inputs = pipe.processor.encode_chat([conversation], images=[[image]], return_tensors="pt").to(device)
+    return pipe.text_encoder.get_generation_condition(**inputs)
+
+
 def baseline_text_to_image(pipe, size, steps, latents, cfg=5.0):
     device = pipe._execution_device
     white = pipe.condition_image(PIL.Image.new("RGB", (size, size), (255, 255, 255)), size, size)
     texts = [pipe.prompt_template.format(PROMPT), pipe.unconditional_prompt]
-    conditions = [pipe.encode_condition([text], [white], device)[0] for text in texts]
+    conditions = [released_condition(pipe, text, white, device) for text in texts]
     grid = pipe.token_grid(size, size)
     out = released_sampler(
         pipe, conditions, latents, steps, lambda c, u: u + cfg * (c - u), img_ids=pipe.latent_ids(*grid, 0, device)
@@ -200,7 +215,7 @@ def baseline_edit(pipe, image, steps, latents, txt_cfg=6.0, img_cfg=1.5):
     seen = pipe.condition_image(image, width, height)
     white = pipe.condition_image(PIL.Image.new("RGB", (width, height), (255, 255, 255)), width, height)
     pairs = [(INSTRUCTION, seen), (pipe.unconditional_prompt, seen), (pipe.unconditional_prompt, white)]
-    conditions = [pipe.encode_condition([text], [img], device)[0] for text, img in pairs]
+    conditions = [released_condition(pipe, text, img, device) for text, img in pairs]
     fitted = pipe.processor.image_processor.fit_image(image, width, height)
     context = pipe.encode_image([fitted], torch.Generator().manual_seed(0), device)
     grid = pipe.token_grid(height, width)
@@ -278,10 +293,12 @@ def run(args) -> list[dict]:
     edit_latents = torch.randn(1, edit_grid[0] * edit_grid[1], 16, generator=generator).to(device)
 
     def t2i(pipe, n=steps):
-        return pipe(PROMPT, height=size, width=size, num_inference_steps=n, latents=latents, output_type="np").images
+        prompt = WARM_UP_PROMPT if n != steps else PROMPT
+        return pipe(prompt, height=size, width=size, num_inference_steps=n, latents=latents, output_type="np").images
 
     def ed(pipe, n=steps):
-        return pipe(image, INSTRUCTION, num_inference_steps=n, latents=edit_latents,
+        instruction = WARM_UP_INSTRUCTION if n != steps else INSTRUCTION
+        return pipe(image, instruction, num_inference_steps=n, latents=edit_latents,
                     generator=torch.Generator().manual_seed(0), output_type="np").images  # fmt: skip
 
     tasks = {
@@ -290,10 +307,12 @@ def run(args) -> list[dict]:
     }
     reference, seconds = {}, {}
 
-    def measure(task, mode, fn, warm=True):
+    def measure(task, mode, fn, warm=True, before=None):
         log(f"[{task} / {mode}] warm-up ..." if warm else f"[{task} / {mode}] ...")
         if warm:
             fn(1)
+        if before is not None:
+            before()
         log(f"[{task} / {mode}] timed run ...")
         with torch.no_grad():
             output, secs, peak = timed(device, fn)
@@ -319,27 +338,33 @@ def run(args) -> list[dict]:
                          peak_bytes=peak, deviation=logit_deviation(logits, reference["chat"])))  # fmt: skip
         log(f"[chat / {mode}] {secs:.2f} s, {rate:.1f} tokens/s")
 
-    # The exact reference first, then the baseline compared with it.
+    # The exact reference first, then the baseline and the other exact variants compared with it.
+    batched_by_default = text_to_image.batches_guidance_branches(device)
     for task, (pipeline_fn, baseline_fn) in tasks.items():
         pipe = text_to_image if task == "text-to-image" else edit
-        measure(task, "exact", lambda n=steps, f=pipeline_fn, p=pipe: f(p, n))
+        run_pipe = lambda n=steps, f=pipeline_fn, p=pipe: f(p, n)  # noqa: E731
+        measure(task, "exact", run_pipe)
         measure(task, "baseline", baseline_fn)
+        measure(task, "exact, first call", run_pipe, before=pipe.condition_cache.clear)
+        pipe.batch_guidance_branches = not batched_by_default
+        measure(task, "exact, " + ("one call per branch" if batched_by_default else "batched"), run_pipe)
+        pipe.batch_guidance_branches = None
     measure_chat("exact")
-    modes = ["cache"] + (["compile"] if compile_blocks else []) + ["bf16"]
+    modes = ["cache"] + (["compile"] if compile_blocks else []) + ["bf16", "bf16 + cache"]
     for mode in modes:
         transformer = text_to_image.transformer
-        if mode == "cache":
+        if "cache" in mode:
             from diffusers import FirstBlockCacheConfig
 
             transformer.enable_cache(FirstBlockCacheConfig(threshold=args.cache_threshold))
         elif mode == "compile":
             transformer.compile_repeated_blocks()
-        elif mode == "bf16":
+        if mode.startswith("bf16") and transformer.dtype != torch.bfloat16:
             text_to_image.to(torch.bfloat16)
         for task, (pipeline_fn, _) in tasks.items():
             pipe = text_to_image if task == "text-to-image" else edit
             measure(task, mode, lambda n=steps, f=pipeline_fn, p=pipe: f(p, n))
-        if mode == "cache":
+        if "cache" in mode:
             transformer.disable_cache()
         elif mode == "compile":
             uncompile(transformer)

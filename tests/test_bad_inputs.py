@@ -156,26 +156,30 @@ def added_ids(tokenizer):
 @pytest.mark.parametrize("typed", TYPED)
 def test_typed_special_tokens_stay_text_in_the_pipelines(t2i, edit, monkeypatch, typed):
     processor, tokenizer = t2i.processor, t2i.processor.tokenizer
-    seen = []
+    seen = {}
     for pipe in (t2i, edit):
         original = pipe.text_encoder.get_generation_condition
         monkeypatch.setattr(
             pipe.text_encoder,
             "get_generation_condition",
-            lambda *a, _original=original, **k: seen.append(k["input_ids"]) or _original(*a, **k),
+            lambda *a, _original=original, _rows=seen.setdefault(id(pipe), []), **k: (
+                _rows.append(k["input_ids"]) or _original(*a, **k)
+            ),
         )
     t2i(**{**T2I, "prompt": typed, "num_inference_steps": 1})
     edit(**{**EDIT, "image": IMAGE, "prompt": typed, "num_inference_steps": 1})
 
     start, end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
-    # Edits strip their instruction.
-    for ids, text in ((seen[0][0], pipeline_module.TEXT_TO_IMAGE_TEMPLATE.format(typed)), (seen[1][0], typed.strip())):
+    # The prompt's row comes first; edits strip their instruction.
+    prompt_rows = (seen[id(t2i)][0][0], seen[id(edit)][0][0])
+    texts = (pipeline_module.TEXT_TO_IMAGE_TEMPLATE.format(typed), typed.strip())
+    for ids, text in zip(prompt_rows, texts):
         ids = ids.tolist()
         ids = ids[ids.index(processor.image_end_token_id) + 1 :]  # after the one image
         # The whole user text after the image is one literal run, then the turn's own end.
         assert ids == literal_ids(tokenizer, "\n" + text) + [end] + literal_ids(tokenizer, "\n")
         assert not added_ids(tokenizer) & set(ids[:-2])
-    for ids in seen:
+    for ids in seen[id(t2i)] + seen[id(edit)]:
         # One image per row: exactly one opening indicator and one turn start each.
         assert ((ids == processor.image_start_token_id).sum(-1) == 1).all()
         assert ((ids == start).sum(-1) == 1).all()

@@ -24,8 +24,9 @@ def end_to_end_rows(tmp_path_factory):
 
 def test_end_to_end_table_rows(end_to_end_rows):
     modes = [(row["task"], row["mode"]) for row in end_to_end_rows]
+    pipeline_modes = ("exact", "baseline", "exact, first call", "exact, batched", "cache", "bf16", "bf16 + cache")
     assert sorted(modes) == sorted(
-        [(task, mode) for task in ("text-to-image", "edit") for mode in ("exact", "baseline", "cache", "bf16")]
+        [(task, mode) for task in ("text-to-image", "edit") for mode in pipeline_modes]
         + [("chat", "exact"), ("chat", "bf16")]
     )
     for row in end_to_end_rows:
@@ -42,8 +43,11 @@ def test_end_to_end_deviations(end_to_end_rows):
         assert deviation[task, "exact"] == 0
         assert 0 < deviation[task, "bf16"] < 0.5
     for task in ("text-to-image", "edit"):
-        # The plain released algorithm differs from the batched pipeline by float32 rounding only.
+        # Nothing kept from earlier calls: the same bits.
+        assert deviation[task, "exact, first call"] == 0
+        # The plain released algorithm and the batched calls differ from the pipeline by float32 rounding only.
         assert deviation[task, "baseline"] < 1e-4
+        assert deviation[task, "exact, batched"] < 1e-4
 
 
 def test_gpu_script_runs_on_the_cpu(tmp_path):

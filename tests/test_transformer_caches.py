@@ -37,12 +37,16 @@ def count_calls(module):
 
 @pytest.fixture(scope="module")
 def t2i():
-    return tiny_text_to_image_pipeline()
+    pipe = tiny_text_to_image_pipeline()
+    pipe.batch_guidance_branches = True  # one transformer call per step, so a probe counts steps
+    return pipe
 
 
 @pytest.fixture(scope="module")
 def edit():
-    return tiny_edit_pipeline()
+    pipe = tiny_edit_pipeline()
+    pipe.batch_guidance_branches = True
+    return pipe
 
 
 def run_cached(pipe, config, probe):
@@ -140,3 +144,22 @@ def test_pyramid_attention_broadcast(t2i):
     baseline, cached, computed = run_cached(t2i, config, probe)
     assert_reused(baseline, cached, computed)
     assert computed == 3
+
+
+@pytest.mark.parametrize("kind", ["t2i", "edit"])
+def test_first_block_cache_with_a_call_per_branch(kind, request):
+    # Each guidance branch is its own transformer call, with its own cache context.
+    pipe = request.getfixturevalue(kind)
+    num_branches = 3 if kind == "edit" else 2
+    pipe.batch_guidance_branches = False
+    BASELINES.pop(id(pipe), None)
+    try:
+        tail = pipe.transformer.single_transformer_blocks[-1].attn
+        baseline, cached, computed = run_cached(pipe, FirstBlockCacheConfig(threshold=1e9), tail)
+        assert torch.isfinite(cached).all() and not torch.allclose(cached, baseline, atol=1e-4)
+        assert computed == num_branches  # the first step of each branch
+        baseline, cached, computed = run_cached(pipe, FirstBlockCacheConfig(threshold=0.0), tail)
+        assert computed == STEPS * num_branches and torch.equal(cached, baseline)
+    finally:
+        pipe.batch_guidance_branches = True
+        BASELINES.pop(id(pipe), None)

@@ -71,7 +71,7 @@ class OvisU1ModelOutputWithPast(ImageOutputsAsTuple, BaseModelOutputWithPast):
     image_outputs (`BaseModelOutputWithPooling`, *optional*):
         Output of [`~OvisU1Model.get_image_features`] (the vision encoder's last hidden state, the visual embeddings
         per image as `pooler_output`, and the encoder's `hidden_states` and `attentions` when asked for); `None`
-        without images.
+        where the vision encoder did not run (no `pixel_values`).
     """
 
     image_hidden_states: torch.FloatTensor | None = None
@@ -89,7 +89,7 @@ class OvisU1CausalLMOutputWithPast(ImageOutputsAsTuple, CausalLMOutputWithPast):
     image_outputs (`BaseModelOutputWithPooling`, *optional*):
         Output of [`~OvisU1Model.get_image_features`] (the vision encoder's last hidden state, the visual embeddings
         per image as `pooler_output`, and the encoder's `hidden_states` and `attentions` when asked for); `None`
-        without images.
+        where the vision encoder did not run (no `pixel_values`).
     """
 
     image_hidden_states: torch.FloatTensor | None = None
@@ -584,6 +584,7 @@ class OvisU1Model(OvisU1PreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        image_hidden_states: torch.FloatTensor | None = None,
         **kwargs,
     ) -> OvisU1ModelOutputWithPast:
         r"""
@@ -594,6 +595,11 @@ class OvisU1Model(OvisU1PreTrainedModel):
         inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
             Input embeddings instead of `input_ids`; with `pixel_values`, the image placeholder and indicator
             positions are those holding the input embeddings of their tokens.
+        image_hidden_states (`torch.FloatTensor` of shape `(num_visual_tokens, hidden_size)`, *optional*):
+            Visual embeddings of the images computed before (this output's `image_hidden_states`, or the
+            concatenated `pooler_output` of `get_image_features`), instead of `pixel_values`: an image seen again
+            skips the vision tower. With `image_grid_thw`, sequences cut by truncation are handled as with
+            `pixel_values`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
@@ -602,22 +608,32 @@ class OvisU1Model(OvisU1PreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
+        if pixel_values is not None and image_hidden_states is not None:
+            raise ValueError("Pass `pixel_values` or `image_hidden_states`, not both.")
         image_features = image_outputs = None
-        if pixel_values is not None:
+        if pixel_values is not None or image_hidden_states is not None:
+            name = "pixel_values" if pixel_values is not None else "image_hidden_states"
             image_mask = self.token_mask(self.config.image_token_id, input_ids, inputs_embeds)
             if not image_mask.any():
                 # Checked before the vision tower runs: its features would have nowhere to go.
                 raise ValueError(
-                    "pixel_values were given but the images have no placeholder tokens in input_ids: mark each image "
-                    "with `<image>` in the text given to the processor (or leave pixel_values out for a text-only "
+                    f"{name} were given but the images have no placeholder tokens in input_ids: mark each image "
+                    "with `<image>` in the text given to the processor (or leave the images out for a text-only "
                     "prompt)."
                 )
             opening_mask = self.token_mask(self.config.visual_indicator_token_ids[0], input_ids, inputs_embeds)
-            # Only the output switches reach the vision tower: `kwargs` also carry the language model's cache and the
-            # Trainer's loss arguments.
-            vision_kwargs = {key: kwargs[key] for key in ("output_attentions", "output_hidden_states") if key in kwargs}
-            image_outputs = self.get_image_features(pixel_values, image_grid_thw, return_dict=True, **vision_kwargs)
-            image_features = image_outputs.pooler_output
+            if pixel_values is not None:
+                # Only the output switches reach the vision tower: `kwargs` also carry the language model's cache and
+                # the Trainer's loss arguments.
+                switches = ("output_attentions", "output_hidden_states")
+                vision_kwargs = {key: kwargs[key] for key in switches if key in kwargs}
+                image_outputs = self.get_image_features(pixel_values, image_grid_thw, return_dict=True, **vision_kwargs)
+                image_features = image_outputs.pooler_output
+            elif image_grid_thw is not None:
+                sizes = (image_grid_thw.prod(-1) // self.config.vision_config.hidden_stride**2).tolist()
+                image_features = image_hidden_states.split(sizes)
+            else:
+                image_features = (image_hidden_states,)
             inputs_embeds = self.merge_image_features(image_mask, opening_mask, inputs_embeds, image_features)
             image_features = torch.cat(image_features)
         # Without a branch on the data, so that a decoding step compiles as one graph.
@@ -752,15 +768,19 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         image_grid_thw: torch.LongTensor | None = None,
+        image_hidden_states: torch.FloatTensor | None = None,
     ) -> torch.FloatTensor:
         """
         The condition of the image generator: for each token, the normed output of the last language-model layer
         concatenated with the un-normed output of the layer before it, `(batch_size, sequence_length, 2 * hidden)`.
+        The images come as `pixel_values` or as visual embeddings computed before (`image_hidden_states`, see
+        [`OvisU1Model.forward`]).
         """
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             image_grid_thw=image_grid_thw,
+            image_hidden_states=image_hidden_states,
             attention_mask=attention_mask,
             use_cache=False,
             output_hidden_states=True,

@@ -7,18 +7,24 @@ pipeline's modules, so a saved pipeline folder runs with `trust_remote_code=True
 
 import contextlib
 import copy
+import functools
+import hashlib
 import inspect
 import json
 import math
 import os
 import re
 import shutil
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ModelMixin
+from diffusers.hooks import FasterCacheConfig, PyramidAttentionBroadcastConfig
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import USE_PEFT_BACKEND, logging, scale_lora_layers, unscale_lora_layers
 from diffusers.utils.dynamic_modules_utils import get_relative_import_files
@@ -46,6 +52,9 @@ CONDITION_IMAGE_MIN_PIXELS = 56 * 56
 # 1003520 pixels). Checked before anything is allocated: a 16384 * 16384 request would need gigabytes for its white
 # condition image alone.
 MAX_IMAGE_SIZE = 1792
+# Language-model outputs kept per pipeline for inputs that repeat across calls (visual embeddings and conditions:
+# a few MB each for the released model).
+CONDITION_CACHE_SIZE = 16
 
 # A saved pipeline folder carries its code: these pipeline modules at its root, and each Ovis-U1 component's module
 # in the component's folder. With the package installed, the modules below are used instead of the folder's copies.
@@ -220,6 +229,13 @@ class OvisU1PipelineMixin:
         )
         return image.resize(size[::-1], resample=PIL.Image.Resampling.BICUBIC)
 
+    @property
+    def condition_cache(self) -> "ConditionCache":
+        """The language-model outputs this pipeline reuses across calls (see [`ConditionCache`])."""
+        if "_condition_cache" not in self.__dict__:
+            self._condition_cache = ConditionCache()
+        return self._condition_cache
+
     def encode_condition(
         self,
         texts: list[str],
@@ -228,21 +244,46 @@ class OvisU1PipelineMixin:
         lora_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        Runs the language model once over a batch of user turns `"<image>\\n" + text` with one image each and returns
-        the generation condition `(batch, length, 2 * hidden)` (left padded, padding zeroed) and its mask. `lora_scale`
-        weighs the text encoder's LoRA layers for this call.
+        The generation conditions of user turns `"<image>\\n" + text`, one image each: `(batch, length, 2 * hidden)`,
+        left padded to one length with padding zeroed, and the mask. `lora_scale` weighs the text encoder's LoRA layers
+        for this call.
+
+        Each turn runs alone, unpadded, so that its condition does not depend on the others in the batch: a turn seen
+        before (the unconditional branches, a prompt run again) and an image seen before (the white image, an image
+        edited again) are taken from `condition_cache` instead, exactly as computed then.
         """
-        conversations = [
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}] for text in texts
-        ]
+        # Without a reusable cache (adapters, training), repeats are still computed once per call.
+        cache = self.condition_cache if self.condition_cache.usable_for(self.text_encoder) else ConditionCache()
+        conditions = []
+        for text, image in zip(texts, images):
+            digest = image_digest(image)
+            compute = functools.partial(self.encode_turn, text, image, digest, device, lora_scale, cache)
+            conditions.append((cache.get(("condition", text, digest), compute), None))
+        return self.stack_conditions(conditions, device)
+
+    def encode_turn(
+        self,
+        text: str,
+        image: PIL.Image.Image,
+        digest: str,
+        device: torch.device,
+        lora_scale: float | None,
+        cache: "ConditionCache",
+    ) -> torch.Tensor:
+        """The condition `(1, length, 2 * hidden)` of one user turn; its image's visual embeddings from `cache` when
+        they are there."""
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
         # The prompts are user text: `<image>` or special tokens typed in them stay text.
-        inputs = self.processor.encode_chat(conversations, images=[[image] for image in images], return_tensors="pt")
-        inputs = inputs.to(device)
+        inputs = self.processor.encode_chat([conversation], images=[[image]], return_tensors="pt").to(device)
+        pixel_values = inputs.pop("pixel_values")
         with scaled_lora(self.text_encoder, lora_scale):
-            condition = self.text_encoder.get_generation_condition(**inputs)
-        mask = inputs["attention_mask"].bool()
-        # Padded rows attend to nothing and may hold NaNs: zero them so masked sums stay finite.
-        return condition.masked_fill(~mask[..., None], 0.0), mask
+
+            def visual_embeddings():
+                features = self.text_encoder.get_image_features(pixel_values, inputs["image_grid_thw"])
+                return features.pooler_output[0]
+
+            inputs["image_hidden_states"] = cache.get(("visual", digest), visual_embeddings).to(device)
+            return self.text_encoder.get_generation_condition(**inputs)
 
     @staticmethod
     def stack_conditions(embeds: list[tuple[torch.Tensor, torch.Tensor | None]], device: torch.device):
@@ -363,13 +404,15 @@ class OvisU1PipelineMixin:
     ) -> torch.Tensor:
         """
         Euler sampling with `scheduler` (default: the pipeline's), whose timesteps must be set. `branches` holds the
-        transformer inputs of every guidance branch stacked along the batch (`num_branches * batch` rows); one
-        transformer call per step predicts them all, and `combine` turns the stacked velocities
-        `(num_branches, batch, ...)` into the guided one. `prompt_embeds` / `prompt_embeds_mask` are the unrefined
-        conditions of those rows: a step callback may read them and return new ones, which are refined again.
+        transformer inputs of every guidance branch stacked along the batch (`num_branches * batch` rows), predicted
+        by one transformer call per step or one per branch (see `batches_guidance_branches`); `combine` turns the
+        stacked velocities `(num_branches, batch, ...)` into the guided one. `prompt_embeds` / `prompt_embeds_mask`
+        are the unrefined conditions of those rows: a step callback may read them and return new ones, which are
+        refined again.
         """
         scheduler = self.scheduler if scheduler is None else scheduler
         num_branches = branches["encoder_hidden_states"].shape[0] // latents.shape[0]
+        batched = self.batches_guidance_branches(latents.device)
         self._num_timesteps = len(timesteps)
         attention_kwargs = dict(self.attention_kwargs or {})
         scale = attention_kwargs.pop("scale", None)
@@ -383,15 +426,26 @@ class OvisU1PipelineMixin:
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                model_input = latents.repeat(num_branches, 1, 1)
-                timestep = (t / 1000).expand(model_input.shape[0]).to(latents.dtype)
-                # The cache hooks of `transformer.enable_cache` keep their state per context; all guidance branches
-                # share this one call.
-                with self.transformer.cache_context("cond_uncond"):
-                    velocity = self.transformer(
-                        hidden_states=model_input, timestep=timestep, return_dict=False, **branches
-                    )[0]
-                velocity = combine(velocity.unflatten(0, (num_branches, -1)))
+                timestep = (t / 1000).expand(latents.shape[0]).to(latents.dtype)
+                # The cache hooks of `transformer.enable_cache` keep their state per context: one per call.
+                if batched:
+                    with self.transformer.cache_context("cond_uncond"):
+                        velocity = self.transformer(
+                            hidden_states=latents.repeat(num_branches, 1, 1),
+                            timestep=timestep.repeat(num_branches),
+                            return_dict=False,
+                            **branches,
+                        )[0]
+                    velocity = velocity.unflatten(0, (num_branches, -1))
+                else:
+                    velocities = []
+                    for index, inputs in enumerate(split_branches(branches, num_branches)):
+                        with self.transformer.cache_context(f"branch_{index}"):
+                            velocities.append(
+                                self.transformer(hidden_states=latents, timestep=timestep, return_dict=False, **inputs)[0]
+                            )
+                    velocity = torch.stack(velocities)
+                velocity = combine(velocity)
                 latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
@@ -415,6 +469,22 @@ class OvisU1PipelineMixin:
                 progress_bar.update()
         self._current_timestep = None
         return latents
+
+    def batches_guidance_branches(self, device: torch.device) -> bool:
+        """
+        Whether `denoise` predicts all guidance branches in one transformer call (`True`) or calls the transformer once
+        per branch, each on its own condition without padding and the edit's no-both branch without context tokens.
+        Set `pipe.batch_guidance_branches` to choose; by default one call on accelerators, where a call's overhead
+        weighs, and one per branch on the CPU, where the unpadded calls measured faster (PyTorch's CPU attention takes
+        its slow path for masked keys; `benchmarks/bench_speedups.py`). Pyramid attention broadcast and FasterCache
+        always get one call: their hooks keep one state for all calls of a step.
+        """
+        choice = getattr(self, "batch_guidance_branches", None)
+        if choice is not None:
+            return bool(choice)
+        cache_config = getattr(self.transformer, "_cache_config", None)
+        one_state = isinstance(cache_config, (PyramidAttentionBroadcastConfig, FasterCacheConfig))
+        return torch.device(device).type != "cpu" or one_state
 
     def decode(self, latents: torch.Tensor, height: int, width: int, output_type: str):
         if output_type == "latent":
@@ -528,6 +598,111 @@ class OvisU1PipelineMixin:
     @property
     def interrupt(self):
         return self._interrupt
+
+
+def split_branches(branches: dict, num_branches: int) -> list[dict]:
+    """
+    The transformer inputs of each guidance branch from inputs stacked along the batch: condition tokens without the
+    left padding every row of the branch has (and no mask when none is left), and no context tokens where the
+    branch's context mask is all 0. Padding and masked-out context tokens change nothing but the time a call takes.
+    """
+    per_row = ("encoder_hidden_states", "pooled_projections", "encoder_attention_mask", "context_hidden_states",
+               "context_attention_mask")  # fmt: skip
+    split = []
+    for chunk in range(num_branches):
+        inputs = dict(branches)
+        for name in per_row:
+            if inputs.get(name) is not None:
+                inputs[name] = inputs[name].chunk(num_branches)[chunk]
+        mask = inputs.get("encoder_attention_mask")
+        if mask is not None:
+            # Conditions are left padded: keep the columns from the first that any row uses.
+            used = mask.bool().any(0)
+            start = int(used.int().argmax()) if used.any() else 0
+            inputs["encoder_hidden_states"] = inputs["encoder_hidden_states"][:, start:]
+            mask = mask[:, start:]
+            inputs["encoder_attention_mask"] = None if mask.bool().all() else mask
+        context_mask = inputs.get("context_attention_mask")
+        if context_mask is not None:
+            if not context_mask.bool().any():
+                for name in ("context_hidden_states", "context_ids", "context_attention_mask"):
+                    inputs.pop(name, None)
+            elif context_mask.bool().all():
+                inputs["context_attention_mask"] = None
+        split.append(inputs)
+    return split
+
+
+class ConditionCache:
+    """
+    Language-model outputs of a pipeline kept for reuse across calls: the visual embeddings of each distinct
+    condition image and the condition of each (text, image) turn, least recently used first out. They are used only
+    while the text encoder keeps the same weights unchanged (no in-place update, cast, move or replacement since they
+    were computed), is in eval mode and has no adapter layers (whose scales may change between calls); otherwise
+    everything is computed afresh.
+    """
+
+    def __init__(self, size: int = CONDITION_CACHE_SIZE):
+        self.size = size
+        self.entries = OrderedDict()
+        self.weights = None
+        self.lock = threading.Lock()  # calls may run in several threads
+
+    def usable_for(self, model: torch.nn.Module) -> bool:
+        """Whether entries may be reused for `model`; forgets them all when its weights changed."""
+        usable = self.size > 0 and not model.training and not has_adapter_layers(model)
+        with self.lock:
+            if not usable or not same_weights(self.weights, model):
+                self.entries.clear()
+                self.weights = weights_state(model) if usable else None
+        return usable
+
+    def get(self, key, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        with self.lock:
+            value = self.entries.get(key)
+            if value is not None:
+                self.entries.move_to_end(key)
+                return value
+        value = compute()
+        with self.lock:
+            self.entries[key] = value
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+
+def weights_state(model: torch.nn.Module) -> tuple:
+    """What identifies `model`'s weights as they are: each parameter (held weakly), its in-place version counter and
+    its storage (replaced by a cast, a move or `.data =`)."""
+    return tuple((weakref.ref(p), p._version, p.data_ptr(), p.dtype) for p in model.parameters())
+
+
+def same_weights(state: tuple | None, model: torch.nn.Module) -> bool:
+    if state is None:
+        return False
+    parameters = list(model.parameters())
+    return len(parameters) == len(state) and all(
+        ref() is p and version == p._version and pointer == p.data_ptr() and dtype == p.dtype
+        for (ref, version, pointer, dtype), p in zip(state, parameters)
+    )
+
+
+def has_adapter_layers(model: torch.nn.Module) -> bool:
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        return False
+    return any(isinstance(module, BaseTunerLayer) for module in model.modules())
+
+
+def image_digest(image: PIL.Image.Image) -> str:
+    """A key of the image's content."""
+    header = f"{image.mode}{image.size}".encode()
+    return hashlib.blake2b(header + image.tobytes(), digest_size=16).hexdigest()
 
 
 @contextlib.contextmanager

@@ -39,8 +39,7 @@ EDIT_MAX_PIXELS = 1003520
 
 class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoaderMixin):
     r"""
-    Instruction-based image editing with Ovis-U1. Three guidance branches share one transformer call per step, as
-    in InstructPix2Pix: the instruction with the input image (`v_c`), the input image without text (`v_nt`:
+    Instruction-based image editing with Ovis-U1. Three guidance branches, as in InstructPix2Pix: the instruction with the input image (`v_c`), the input image without text (`v_nt`:
     "Generate an image." plus the image's latents as context tokens), and neither (`v_nb`: a white image, no
     context); `v = v_nb + image_guidance_scale * (v_nt - v_nb) + guidance_scale * (v_c - v_nt)`.
 
@@ -76,8 +75,8 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoade
         lora_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """
-        Conditions of the three guidance branches from one language-model call: the instruction with the image, then
-        the negative prompt (default "Generate an image.") with the image (no text) and with a white image (no both).
+        Conditions of the three guidance branches (see `encode_condition`): the instruction with the image, then the
+        negative prompt (default "Generate an image.") with the image (no text) and with a white image (no both).
         `image` (one per prompt) is resized to the output size first, as `__call__` does; the size defaults as there.
 
         Returns:
@@ -316,7 +315,7 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoade
         fitted = [self.processor.image_processor.fit_image(i, width, height) for i in images]
         fitted = [i for i in fitted for _ in range(num_images_per_prompt)]
         context = self.encode_image(fitted, generator, device).to(self.transformer.dtype)
-        # The no-both branch has no context: its rows are masked out entirely.
+        # The no-both branch has no context: its rows are masked out entirely (or left out, in a call of its own).
         context_mask = torch.ones(3, *context.shape[:2], dtype=torch.bool, device=device)
         context_mask[2] = False
         grid_h, grid_w = self.token_grid(height, width)
@@ -326,8 +325,7 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoade
         scheduler = self.call_scheduler()
         timesteps = self.timesteps(num_inference_steps, latents.shape[1], device, scheduler, sigmas)
 
-        # 3. Denoise: the three branches in one transformer call per step. The scales are read at every step: a step
-        # callback may change them.
+        # 3. Denoise with the three branches. The scales are read at every step: a step callback may change them.
         def combine(velocity):
             cond, no_text, no_both = velocity
             return (

@@ -64,7 +64,7 @@ class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1Lo
         lora_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """
-        Conditions of the prompts and (with guidance) of the negative prompts, from one language-model call.
+        Conditions of the prompts and (with guidance) of the negative prompts (see `encode_condition`).
 
         The language model sees `"<image>\\n"` + the prompt in the released template with a white `width` x `height`
         image (so a condition belongs to its size: pass the same size to `__call__`); the unconditional branch is
@@ -242,7 +242,7 @@ class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1Lo
         batch_size = num_prompts * num_images_per_prompt
         self.check_batch(batch_size, height, width, generator, latents)
 
-        # 1. Condition: one language-model call for every branch, refined once for all steps.
+        # 1. Condition of every branch, refined once for all steps.
         do_guidance = self.do_classifier_free_guidance
         if prompt_embeds is None:
             prompt_embeds, prompt_embeds_mask, negative_prompt_embeds, negative_prompt_embeds_mask = self.encode_prompt(
@@ -273,8 +273,8 @@ class OvisU1TextToImagePipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1Lo
         scheduler = self.call_scheduler()
         timesteps = self.timesteps(num_inference_steps, latents.shape[1], device, scheduler, sigmas)
 
-        # 3. Denoise: conditional and unconditional branches in one transformer call per step. The scale is read at
-        # every step: a step callback may change it.
+        # 3. Denoise with the conditional and unconditional branches. The scale is read at every step: a step callback
+        # may change it.
         def combine(velocity):
             if not do_guidance:
                 return velocity[0]
