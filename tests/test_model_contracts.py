@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import CompileConfig
 
 from ovis_u1_hf.modeling.modeling_ovis_u1 import OvisU1ForConditionalGeneration, OvisU1Model
 from tiny_models import image_ids, tiny_config, tiny_model
@@ -196,3 +197,72 @@ def test_generate_from_inputs_embeds_with_images_equals_from_input_ids(tester, n
     from_ids = model.generate(input_ids=input_ids, **inputs, **options)
     from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(input_ids), **inputs, **options)
     assert from_embeds.tolist() == from_ids[:, input_ids.shape[1] :].tolist()  # new tokens only, as for any LM
+
+
+@pytest.mark.parametrize("model_class", [OvisU1Model, OvisU1ForConditionalGeneration])
+def test_output_switches_return_the_vision_tower_s_states_and_attentions(tester, model_class):
+    torch.manual_seed(0)
+    model = model_class._from_config(tester.get_config(), attn_implementation="eager").eval()
+    inputs, _ = tester.prepare_inputs()
+    images = (inputs["pixel_values"], inputs["image_grid_thw"])
+    base = model if model_class is OvisU1Model else model.model
+    with torch.no_grad():
+        plain = model(**inputs)
+        out = model(**inputs, output_hidden_states=True, output_attentions=True)
+        features = base.get_image_features(*images, output_hidden_states=True, output_attentions=True)
+        as_tuple = model(**inputs, output_hidden_states=True, output_attentions=True, return_dict=False)
+    vision, text = model.config.vision_config, model.config.text_config
+    # As Qwen2.5-VL and GLM-4V in transformers: the vision encoder's output rides along as `image_outputs`; the
+    # output's own `hidden_states` and `attentions` are the language model's.
+    assert len(out.hidden_states) == text.num_hidden_layers + 1 and len(out.attentions) == text.num_hidden_layers
+    length = inputs["input_ids"].shape[1]
+    assert out.attentions[0].shape == (2, text.num_attention_heads, length, length)
+    assert len(out.image_outputs.hidden_states) == vision.num_hidden_layers + 1
+    assert len(out.image_outputs.attentions) == vision.num_hidden_layers
+    assert out.image_outputs.attentions[0].shape == (vision.num_attention_heads, 24, 24)
+    assert torch.equal(out.image_outputs.last_hidden_state, features.last_hidden_state)
+    for field in ("hidden_states", "attentions", "pooler_output"):
+        got, want = getattr(out.image_outputs, field), getattr(features, field)
+        assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want)), field
+    assert torch.equal(torch.cat(out.image_outputs.pooler_output), out.image_hidden_states)
+    # Without the switches: the same values, no per-block outputs.
+    assert plain.image_outputs.hidden_states is None and plain.image_outputs.attentions is None
+    assert torch.equal(plain.image_outputs.last_hidden_state, out.image_outputs.last_hidden_state)
+    # As a tuple, the vision output is a tuple too, last.
+    assert isinstance(as_tuple[-1], tuple) and torch.equal(as_tuple[-1][0], out.image_outputs.last_hidden_state)
+
+
+def test_output_switches_with_text_only_leave_image_outputs_empty(tester):
+    model = tiny_model()
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([[5, 6, 7]]), output_hidden_states=True)
+    assert out.image_outputs is None and out.image_hidden_states is None
+    assert len(out.hidden_states) == model.config.text_config.num_hidden_layers + 1
+
+
+def test_decoding_steps_compile_as_one_graph_with_a_static_cache():
+    # `_can_compile_fullgraph`: with a static cache, generate compiles the decoding step, which never sees the images.
+    assert OvisU1ForConditionalGeneration._can_compile_fullgraph
+    model = tiny_model(seed=1, text={"tie_word_embeddings": False}, tie_word_embeddings=False)  # tokens that vary
+    inputs, _ = OvisU1ModelTester(seed=1).prepare_inputs()
+    options = dict(
+        max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0, return_dict_in_generate=True, output_logits=True
+    )
+    eager = model.generate(**inputs, **options)
+    graphs = []
+
+    def inductor(graph, example_inputs):
+        graphs.append(graph)
+        return torch._inductor.compile(graph, example_inputs)
+
+    config = CompileConfig(fullgraph=True, dynamic=False, backend=inductor, mode=None)
+    config._compile_all_devices = True  # compile on the CPU too, as transformers' own test does
+    torch.compiler.reset()
+    try:
+        for _ in range(2):  # the second generation reuses the graph
+            compiled = model.generate(**inputs, cache_implementation="static", compile_config=config, **options)
+            assert compiled.sequences.tolist() == eager.sequences.tolist()
+            torch.testing.assert_close(torch.stack(compiled.logits), torch.stack(eager.logits))
+    finally:
+        torch.compiler.reset()
+    assert len(graphs) == 1

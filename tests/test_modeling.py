@@ -18,8 +18,12 @@ def rms_norm(x, weight, eps):
     return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
 
 
-def reference_vision_features(tower, pixel_values, image_grid_thw):
-    """Per-image loop over unpacked tensors with explicit attention masks: SPEC 5 written plainly."""
+def reference_vision_features(tower, pixel_values, image_grid_thw, record=None):
+    """
+    Per-image loop over unpacked tensors with explicit attention masks: SPEC 5 written plainly. With `record` (a
+    dict), also collects per image the input of the first block and the output of every block (`"hidden_states"`)
+    and every block's attention weights (`"attentions"`, `(heads, n, n)`).
+    """
     config = tower.config
     p, s, C = config.patch_size, config.hidden_stride, config.hidden_size
     heads = config.num_attention_heads
@@ -59,6 +63,7 @@ def reference_vision_features(tower, pixel_values, image_grid_thw):
         side = config.window_size // s // p
         window = (coords[:, 0] // s // side) * 10_000 + (coords[:, 1] // s // side)
         window_mask = window[:, None] == window[None, :]
+        states, maps = [x], []
         for index, layer in enumerate(tower.layers):
             full = config.fullatt_block_indexes is None or index in config.fullatt_block_indexes
             mask = torch.ones(n, n, dtype=torch.bool) if full else window_mask
@@ -72,7 +77,12 @@ def reference_vision_features(tower, pixel_values, image_grid_thw):
             x = x + layer.attention.proj(torch.einsum("hqk,khd->qhd", attn, v).reshape(n, C))
             h = rms_norm(x, layer.rms_norm2.weight, config.rms_norm_eps)
             x = x + layer.mlp.down_proj(F.silu(layer.mlp.gate_proj(h)) * layer.mlp.up_proj(h))
+            states.append(x)
+            maps.append(attn)
         outputs.append(x)  # no final norm (QUIRK)
+        if record is not None:
+            record.setdefault("hidden_states", []).append(states)
+            record.setdefault("attentions", []).append(maps)
     return torch.cat(outputs)
 
 
@@ -136,6 +146,57 @@ def test_vision_encoder_matches_per_image_reference(variant, attn):
         expected = reference_vision_features(tower, pixel_values, image_grid_thw)
     torch.testing.assert_close(ours.last_hidden_state, expected, atol=1e-5, rtol=1e-5)
     assert ours.visual_tokens.shape == (pixel_values.shape[0] // 4, model.config.vision_config.vocab_size)
+
+
+def test_vision_hidden_states_are_every_block_in_patch_order():
+    model = tiny_model()  # windows of 2x2 merged tokens, block 1 full attention
+    pixel_values, image_grid_thw = random_images(model.config, [[1, 10, 12], [1, 6, 2]])
+    tower = model.model.vision_tower
+    record = {}
+    with torch.no_grad():
+        ours = tower(pixel_values, image_grid_thw, output_hidden_states=True)
+        reference_vision_features(tower, pixel_values, image_grid_thw, record=record)
+    # The windowed blocks work window by window; every recorded state is still in the processor's patch order.
+    expected = [torch.cat(per_image) for per_image in zip(*record["hidden_states"])]
+    assert len(ours.hidden_states) == tower.config.num_hidden_layers + 1 == len(expected)
+    for got, want in zip(ours.hidden_states, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(ours.hidden_states[0], tower.embeddings(pixel_values, image_grid_thw))
+    assert torch.equal(ours.hidden_states[-1], ours.last_hidden_state)
+    assert ours.attentions is None
+
+
+def test_vision_attentions_with_eager_are_each_block_s_weights_in_patch_order():
+    model = tiny_model(attn_implementation="eager")
+    pixel_values, image_grid_thw = random_images(model.config, [[1, 10, 12], [1, 6, 2]])
+    tower = model.model.vision_tower
+    record = {}
+    with torch.no_grad():
+        ours = tower(pixel_values, image_grid_thw, output_attentions=True)
+        reference_vision_features(tower, pixel_values, image_grid_thw, record=record)
+    num_patches, heads = pixel_values.shape[0], tower.config.num_attention_heads
+    assert len(ours.attentions) == tower.config.num_hidden_layers
+    for index, (got, per_image) in enumerate(zip(ours.attentions, zip(*record["attentions"]))):
+        assert got.shape == (heads, num_patches, num_patches)
+        # Images never attend to each other: the maps are block-diagonal over the images.
+        want = torch.stack([torch.block_diag(*(maps[head] for maps in per_image)) for head in range(heads)])
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(got.sum(-1), torch.ones(heads, num_patches))
+        allowed = (got > 0).any(0)
+        if index in tower.config.fullatt_block_indexes:
+            assert allowed.sum() == 120**2 + 12**2
+        else:
+            # Within windows of 2x2 merged tokens (16 patches, fewer at the edges).
+            assert allowed.sum(-1).max() == 16 and allowed.sum() < 120**2 / 4
+
+
+def test_vision_attentions_need_eager_attention():
+    model = tiny_model(attn_implementation="sdpa")
+    pixel_values, image_grid_thw = random_images(model.config, [[1, 4, 4]])
+    with torch.no_grad():
+        ours = model.model.vision_tower(pixel_values, image_grid_thw, output_attentions=True)
+    # As for every transformers model: sdpa computes no attention weights, so none are returned.
+    assert ours.attentions == ()
 
 
 def test_visual_tokens_and_embeddings():

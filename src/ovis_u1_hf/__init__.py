@@ -7,9 +7,11 @@ pipeline classes load their components from the package.
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 from .modeling import (
+    IMAGE_PROCESSOR_BACKENDS,
     OvisU1Config,
     OvisU1ForConditionalGeneration,
     OvisU1ImageProcessor,
+    OvisU1ImageProcessorFast,
     OvisU1Model,
     OvisU1PreTrainedModel,
     OvisU1Processor,
@@ -25,7 +27,8 @@ AutoConfig.register(OvisU1Config.model_type, OvisU1Config, exist_ok=True)
 AutoConfig.register(OvisU1VisionConfig.model_type, OvisU1VisionConfig, exist_ok=True)
 AutoModel.register(OvisU1Config, OvisU1ForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(OvisU1Config, OvisU1ForConditionalGeneration, exist_ok=True)
-AutoImageProcessor.register(OvisU1Config, image_processor_classes={"pil": OvisU1ImageProcessor}, exist_ok=True)
+# The PIL processor as "pil", the torch one as "torchvision": the backend names `backend=` (and `use_fast`) resolve to.
+AutoImageProcessor.register(OvisU1Config, image_processor_classes=dict(IMAGE_PROCESSOR_BACKENDS), exist_ok=True)
 AutoProcessor.register(OvisU1Config, OvisU1Processor, exist_ok=True)
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "OvisU1EditPipeline",
     "OvisU1ForConditionalGeneration",
     "OvisU1ImageProcessor",
+    "OvisU1ImageProcessorFast",
     "OvisU1Model",
     "OvisU1PreTrainedModel",
     "OvisU1Processor",

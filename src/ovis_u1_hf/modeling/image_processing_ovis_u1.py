@@ -2,14 +2,16 @@
 """Image processor of Ovis-U1: native-resolution resizing and 2x2-grouped patches for the AIMv2 encoder."""
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
+import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ChannelDimension, PILImageResampling, load_image
 from transformers.processing_utils import ImagesKwargs
-from transformers.utils import TensorType, is_torch_tensor
+from transformers.utils import TensorType, is_torch_tensor, is_torchvision_available
 
 
 MAX_ASPECT_RATIO = 200
@@ -118,7 +120,8 @@ def to_pil_image(image) -> PIL.Image.Image:
     return PIL.ImageOps.exif_transpose(image)
 
 
-def _to_uint8_hwc(image) -> np.ndarray:
+def _check_uint8_image(image) -> str:
+    """Checks an array or tensor image as [`to_pil_image`] takes it; returns `"array"` or `"tensor"`."""
     if is_torch_tensor(image):
         kind, dtype = "tensor", str(image.dtype).removeprefix("torch.")
     elif isinstance(image, np.ndarray):
@@ -141,17 +144,25 @@ def _to_uint8_hwc(image) -> np.ndarray:
                 f"Expected an image tensor laid out (channels, height, width) with 1, 3 or 4 channels, got shape "
                 f"{tuple(image.shape)}. A channels-last tensor needs `.permute(2, 0, 1)`."
             )
-        array = image.detach().cpu().numpy()
-        array = array.transpose(1, 2, 0) if array.ndim == 3 else array
+        height, width = image.shape[-2:]
     else:
         if image.ndim == 3 and image.shape[-1] not in (1, 3, 4):
             raise ValueError(
                 f"Expected an image array laid out (height, width, channels) with 1, 3 or 4 channels, got shape "
                 f"{image.shape}. A channels-first array needs `.transpose(1, 2, 0)`."
             )
+        height, width = image.shape[:2]
+    if height == 0 or width == 0:  # checked here: older Pillow fails obscurely on empty arrays
+        raise ValueError(f"Got an empty image of size {width}x{height}.")
+    return kind
+
+
+def _to_uint8_hwc(image) -> np.ndarray:
+    if _check_uint8_image(image) == "tensor":
+        array = image.detach().cpu().numpy()
+        array = array.transpose(1, 2, 0) if array.ndim == 3 else array
+    else:
         array = image
-    if array.shape[0] == 0 or array.shape[1] == 0:  # checked here: older Pillow fails obscurely on empty arrays
-        raise ValueError(f"Got an empty image of size {array.shape[1]}x{array.shape[0]}.")
     return np.ascontiguousarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
 
 
@@ -200,6 +211,130 @@ def fit_image(image, width: int, height: int) -> PIL.Image.Image:
     return image.crop((left, top, left + width, top + height))
 
 
+# Pillow's resampling (libImaging/Resample.c), written with torch so that it runs on any device and gives Pillow's
+# bytes: coefficients computed in float64 exactly as Pillow computes them, rounded to 22-bit fixed point, a horizontal
+# then a vertical pass in 32-bit integers, each rounded and clipped to 8 bits.
+PRECISION_BITS = 32 - 8 - 2
+# Pillow's Hamming window uses float (not double) constants.
+HAMMING_A, HAMMING_B = float(np.float32(0.54)), float(np.float32(0.46))
+
+
+def _box_filter(x: np.ndarray) -> np.ndarray:
+    return np.where((x > -0.5) & (x <= 0.5), 1.0, 0.0)
+
+
+def _bilinear_filter(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+def _bicubic_filter(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    x = np.abs(x)
+    inner = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    outer = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, inner, np.where(x < 2.0, outer, 0.0))
+
+
+def _sinc(x: float) -> float:
+    if x == 0.0:
+        return 1.0
+    x = x * math.pi
+    return math.sin(x) / x
+
+
+def _hamming(x: float) -> float:
+    x = abs(x)
+    if x == 0.0:
+        return 1.0
+    if x >= 1.0:
+        return 0.0
+    x = x * math.pi
+    return math.sin(x) / x * (HAMMING_A + HAMMING_B * math.cos(x))
+
+
+def _lanczos(x: float) -> float:
+    return _sinc(x) * _sinc(x / 3) if -3.0 <= x < 3.0 else 0.0
+
+
+# Filter and support of each convolution filter; the sine-based ones with the C library's sine, as Pillow has it.
+PILLOW_FILTERS = {
+    PILImageResampling.BOX: (_box_filter, 0.5),
+    PILImageResampling.BILINEAR: (_bilinear_filter, 1.0),
+    PILImageResampling.HAMMING: (np.vectorize(_hamming, otypes=[np.float64]), 1.0),
+    PILImageResampling.BICUBIC: (_bicubic_filter, 2.0),
+    PILImageResampling.LANCZOS: (np.vectorize(_lanczos, otypes=[np.float64]), 3.0),
+}
+
+
+@lru_cache(maxsize=128)
+def _pillow_coefficients(in_size: int, out_size: int, resample: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each output pixel, the input pixels it reads (`(out_size, taps)`) and their fixed-point weights."""
+    filter_fn, support = PILLOW_FILTERS[PILImageResampling(resample)]
+    scale = in_size / out_size
+    filter_scale = max(scale, 1.0)
+    support = support * filter_scale
+    taps = int(math.ceil(support)) * 2 + 1
+    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    first = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    count = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64) - first
+    offsets = np.arange(taps)
+    positions = (first[:, None] + offsets).astype(np.float64)
+    weights = filter_fn((positions - center[:, None] + 0.5) * (1.0 / filter_scale))
+    weights = np.where(offsets < count[:, None], weights, 0.0)
+    total = np.zeros(out_size)
+    for tap in range(taps):  # summed in Pillow's order
+        total = total + weights[:, tap]
+    weights = np.divide(weights, total[:, None], out=weights.copy(), where=total[:, None] != 0.0)
+    one = 1 << PRECISION_BITS
+    fixed = np.where(weights < 0, np.trunc(-0.5 + weights * one), np.trunc(0.5 + weights * one))
+    index = np.minimum(first[:, None] + offsets, in_size - 1)  # past `count` the weight is 0
+    return torch.from_numpy(index), torch.from_numpy(fixed.astype(np.int32))
+
+
+def _pillow_pass(pixels: torch.Tensor, out_size: int, resample: int) -> torch.Tensor:
+    """Resamples dim 0 of int32 pixels (8-bit values) to `out_size`."""
+    index, weights = (x.to(pixels.device) for x in _pillow_coefficients(pixels.shape[0], out_size, int(resample)))
+    shape = (out_size, *pixels.shape[1:])
+    total = torch.full(shape, 1 << (PRECISION_BITS - 1), dtype=torch.int32, device=pixels.device)
+    tap_values = torch.empty_like(total)
+    for tap in range(index.shape[1]):
+        torch.index_select(pixels, 0, index[:, tap], out=tap_values)
+        total.add_(tap_values.mul_(weights[:, tap].view(-1, *(1,) * (pixels.ndim - 1))))
+    return total.clamp_(0, (1 << (PRECISION_BITS + 8)) - 1) >> PRECISION_BITS
+
+
+def pillow_resize(
+    pixels: torch.Tensor, height: int, width: int, resample: PILImageResampling = PILImageResampling.BICUBIC
+) -> torch.Tensor:
+    """
+    Resizes uint8 pixels `(..., H, W)` to `(..., height, width)` as Pillow's `Image.resize` does, to the byte.
+
+    Args:
+        pixels (`torch.Tensor`):
+            uint8 pixels, on any device.
+        height (`int`):
+            Height of the result.
+        width (`int`):
+            Width of the result.
+        resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BICUBIC`):
+            One of Pillow's convolution filters: `BOX`, `BILINEAR`, `HAMMING`, `BICUBIC` or `LANCZOS`.
+    """
+    if resample not in PILLOW_FILTERS:
+        raise ValueError(
+            f"Resizing tensors supports Pillow's convolution filters ({', '.join(f.name for f in PILLOW_FILTERS)}), "
+            f"not {PILImageResampling(resample).name}: use OvisU1ImageProcessor for it."
+        )
+    if pixels.dtype != torch.uint8:
+        raise ValueError(f"Expected uint8 pixels, got {pixels.dtype}.")
+    out = pixels.to(torch.int32)
+    # As Pillow: the horizontal pass first, each pass only where the size changes.
+    if width != pixels.shape[-1]:
+        out = _pillow_pass(out.movedim(-1, 0).contiguous(), width, resample).movedim(0, -1)
+    if height != pixels.shape[-2]:
+        out = _pillow_pass(out.movedim(-2, 0).contiguous(), height, resample).movedim(0, -2)
+    return out.to(torch.uint8)
+
+
 DEFAULT_SIZE = {"shortest_edge": 448 * 448, "longest_edge": 1792 * 1792}
 
 
@@ -224,6 +359,24 @@ def pixel_budget(size: dict[str, int], min_pixels: int | None = None, max_pixels
             f"The pixel budget needs 0 < shortest_edge (min_pixels) <= longest_edge (max_pixels), got {budget}."
         )
     return budget
+
+
+def rescale_and_normalize(
+    pixels: np.ndarray,
+    do_rescale: bool,
+    rescale_factor: float,
+    do_normalize: bool,
+    image_mean: np.ndarray,
+    image_std: np.ndarray,
+) -> np.ndarray:
+    """uint8 pixels, channels last, to float32 model inputs."""
+    if do_rescale:
+        # In float64, then float32, as transformers' `rescale` (so the released preprocessing) computes it.
+        pixels = pixels.astype(np.float64) * rescale_factor
+    pixels = pixels.astype(np.float32)
+    if do_normalize:
+        pixels = (pixels - image_mean) / image_std
+    return pixels
 
 
 def in_default_layout(image, input_data_format: str | ChannelDimension | None):
@@ -330,6 +483,16 @@ class OvisU1ImageProcessor(BaseImageProcessor):
     def max_pixels(self) -> int:
         return self.size["longest_edge"]
 
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        # `register_for_auto_class` names one class in `auto_map`; a saved folder names both backends, so that
+        # `AutoImageProcessor`'s `backend` (or `use_fast`) chooses between them where the folder's code is loaded.
+        if "AutoImageProcessor" in (output.get("auto_map") or {}):
+            module = type(self).__module__.split(".")[-1]
+            classes = {backend: f"{module}.{cls.__name__}" for backend, cls in IMAGE_PROCESSOR_BACKENDS.items()}
+            output["auto_map"] = {**output["auto_map"], "AutoImageProcessor": classes}
+        return output
+
     def preprocess(
         self,
         images,
@@ -371,66 +534,77 @@ class OvisU1ImageProcessor(BaseImageProcessor):
               `pixel_values` number `t * grid_h * grid_w` and it makes `t * grid_h * grid_w // hidden_stride**2`
               visual tokens.
         """
-        do_convert_rgb = self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb
-        do_resize = self.do_resize if do_resize is None else do_resize
-        size = pixel_budget(size or self.size, min_pixels, max_pixels)
-        resample = self.resample if resample is None else resample
-        do_rescale = self.do_rescale if do_rescale is None else do_rescale
-        rescale_factor = self.rescale_factor if rescale_factor is None else rescale_factor
-        do_normalize = self.do_normalize if do_normalize is None else do_normalize
-        image_mean = np.array(self.image_mean if image_mean is None else image_mean, dtype=np.float32)
-        image_std = np.array(self.image_std if image_std is None else image_std, dtype=np.float32)
-        patch_size = self.patch_size if patch_size is None else patch_size
-        hidden_stride = self.hidden_stride if hidden_stride is None else hidden_stride
-        temporal_patch_size = self.temporal_patch_size if temporal_patch_size is None else temporal_patch_size
-
-        if isinstance(images, (list, tuple)):
-            images = list(images)
-        elif getattr(images, "ndim", None) == 4:
-            images = list(images)
-        else:
-            images = [images]
-        if not images:
-            raise ValueError("Got no images to process.")
-
+        settings = self._settings(
+            do_convert_rgb=do_convert_rgb,
+            do_resize=do_resize,
+            size=pixel_budget(size or self.size, min_pixels, max_pixels),
+            resample=resample,
+            do_rescale=do_rescale,
+            rescale_factor=rescale_factor,
+            do_normalize=do_normalize,
+            image_mean=image_mean,
+            image_std=image_std,
+            patch_size=patch_size,
+            hidden_stride=hidden_stride,
+            temporal_patch_size=temporal_patch_size,
+        )
         all_patches, image_grid_thw = [], []
-        factor = patch_size * hidden_stride
-        for image in images:
+        for image in self._image_list(images):
             image = to_pil_image(in_default_layout(image, input_data_format))
-            if do_convert_rgb:
+            if settings["do_convert_rgb"]:
                 image = convert_to_rgb(image)
-            if do_resize:
-                height, width = smart_resize(
-                    image.height,
-                    image.width,
-                    factor,
-                    min_pixels=size["shortest_edge"],
-                    max_pixels=size["longest_edge"],
-                )
-                image = image.resize((width, height), resample=resample)
-            elif image.height % factor or image.width % factor:
-                raise ValueError(
-                    f"With do_resize=False, image sides must be multiples of patch_size * hidden_stride = {factor}, "
-                    f"got {image.width}x{image.height}."
-                )
+            height, width = self._target_size(image.height, image.width, settings)
+            if (height, width) != (image.height, image.width):
+                image = image.resize((width, height), resample=settings["resample"])
             pixels = np.asarray(image)
             if pixels.ndim != 3 or pixels.shape[-1] != 3:
                 raise ValueError(
                     f"Expected a 3-channel image, got mode {image.mode}; use `do_convert_rgb=True` to convert it."
                 )
-            if do_rescale:
-                # In float64, then float32, as transformers' `rescale` (so the released preprocessing) computes it.
-                pixels = pixels.astype(np.float64) * rescale_factor
-            pixels = pixels.astype(np.float32)
-            if do_normalize:
-                pixels = (pixels - image_mean) / image_std
-            pixels = pixels.transpose(2, 0, 1)
-            patches, grid_thw = self._patchify(pixels, patch_size, hidden_stride, temporal_patch_size)
+            pixels = rescale_and_normalize(pixels, **self._value_settings(settings)).transpose(2, 0, 1)
+            patches, grid_thw = self._patchify(
+                pixels, settings["patch_size"], settings["hidden_stride"], settings["temporal_patch_size"]
+            )
             all_patches.append(patches)
             image_grid_thw.append(grid_thw)
 
         data = {"pixel_values": np.concatenate(all_patches), "image_grid_thw": np.array(image_grid_thw, dtype=np.int64)}
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _settings(self, **overrides) -> dict:
+        """The preprocessing settings: each argument of a call, or else the attribute of the same name."""
+        return {key: getattr(self, key) if value is None else value for key, value in overrides.items()}
+
+    @staticmethod
+    def _value_settings(settings: dict) -> dict:
+        """The arguments of [`rescale_and_normalize`]."""
+        values = {key: settings[key] for key in ("do_rescale", "rescale_factor", "do_normalize")}
+        values.update({key: np.array(settings[key], dtype=np.float32) for key in ("image_mean", "image_std")})
+        return values
+
+    @staticmethod
+    def _image_list(images) -> list:
+        if isinstance(images, (list, tuple)) or getattr(images, "ndim", None) == 4:
+            images = list(images)
+        else:
+            images = [images]
+        if not images:
+            raise ValueError("Got no images to process.")
+        return images
+
+    @staticmethod
+    def _target_size(height: int, width: int, settings: dict) -> tuple[int, int]:
+        """The size an image of `height` x `width` is resized to ([`smart_resize`]), or checked to have already."""
+        factor = settings["patch_size"] * settings["hidden_stride"]
+        if settings["do_resize"]:
+            budget = settings["size"]
+            return smart_resize(height, width, factor, budget["shortest_edge"], budget["longest_edge"])
+        if height % factor or width % factor:
+            raise ValueError(
+                f"With do_resize=False, image sides must be multiples of patch_size * hidden_stride = {factor}, "
+                f"got {width}x{height}."
+            )
+        return height, width
 
     @staticmethod
     def _patchify(
@@ -456,13 +630,177 @@ class OvisU1ImageProcessor(BaseImageProcessor):
         return patches, (1, grid_h, grid_w)
 
 
+class OvisU1ImageProcessorFast(OvisU1ImageProcessor):
+    r"""
+    Constructs an Ovis-U1 image processor that works with torch, on any device (`device="cuda"`), and needs no
+    torchvision. It takes the settings of [`OvisU1ImageProcessor`] and gives the same patches, to the bit: its resize
+    is Pillow's resampling written with torch ([`pillow_resize`]), for every filter but `NEAREST` (which it refuses),
+    and the values go through the same float64-then-float32 rescale and normalization. Outputs are torch tensors
+    (numpy with `return_tensors="np"`): `pixel_values` on the processing device, `image_grid_thw` on the CPU.
+
+    On the CPU it is slower than Pillow; its use is preprocessing on the GPU. transformers' `AutoImageProcessor`
+    returns it for `backend="torchvision"` (the name transformers gives its torch backend), or the older
+    `use_fast=True`.
+    """
+
+    def preprocess(
+        self,
+        images,
+        do_convert_rgb: bool | None = None,
+        do_resize: bool | None = None,
+        size: dict[str, int] | None = None,
+        resample: PILImageResampling | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        patch_size: int | None = None,
+        hidden_stride: int | None = None,
+        temporal_patch_size: int | None = None,
+        input_data_format: str | ChannelDimension | None = None,
+        device: str | torch.device | None = None,
+        return_tensors: str | TensorType | None = None,
+    ) -> BatchFeature:
+        """
+        As [`OvisU1ImageProcessor.preprocess`], with torch.
+
+        Args:
+            device (`str` or `torch.device`, *optional*):
+                Where to process; by default where a tensor image is, else the CPU.
+            return_tensors (`str` or [`~utils.TensorType`], *optional*):
+                `"np"` for numpy arrays; otherwise torch tensors.
+        """
+        settings = self._settings(
+            do_convert_rgb=do_convert_rgb,
+            do_resize=do_resize,
+            size=pixel_budget(size or self.size, min_pixels, max_pixels),
+            resample=resample,
+            do_rescale=do_rescale,
+            rescale_factor=rescale_factor,
+            do_normalize=do_normalize,
+            image_mean=image_mean,
+            image_std=image_std,
+            patch_size=patch_size,
+            hidden_stride=hidden_stride,
+            temporal_patch_size=temporal_patch_size,
+        )
+        resample = PILImageResampling(settings["resample"])
+        if resample not in PILLOW_FILTERS:
+            raise ValueError(
+                f"OvisU1ImageProcessorFast resizes with Pillow's convolution filters "
+                f"({', '.join(f.name for f in PILLOW_FILTERS)}), not {resample.name}: use OvisU1ImageProcessor for it."
+            )
+        # The rescaled and normalized value of each 8-bit level, computed as OvisU1ImageProcessor computes it.
+        levels = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, 3))
+        table = rescale_and_normalize(levels, **self._value_settings(settings))
+        table = torch.from_numpy(np.ascontiguousarray(table.T))
+
+        all_patches, image_grid_thw = [], []
+        for image in self._image_list(images):
+            pixels = self._to_tensor(in_default_layout(image, input_data_format), settings["do_convert_rgb"])
+            if device is not None:
+                pixels = pixels.to(device)
+            if pixels.shape[0] != 3:
+                raise ValueError(
+                    f"Expected a 3-channel image, got {pixels.shape[0]} channel(s); use `do_convert_rgb=True` to "
+                    "convert it."
+                )
+            height, width = self._target_size(*pixels.shape[-2:], settings)
+            pixels = pillow_resize(pixels, height, width, resample)
+            channels = torch.arange(3, device=pixels.device)[:, None, None]
+            values = table.to(pixels.device)[channels, pixels.long()]
+            patches, grid_thw = self._patchify_tensor(
+                values, settings["patch_size"], settings["hidden_stride"], settings["temporal_patch_size"]
+            )
+            all_patches.append(patches)
+            image_grid_thw.append(grid_thw)
+
+        data = {
+            "pixel_values": torch.cat(all_patches),
+            "image_grid_thw": torch.tensor(image_grid_thw, dtype=torch.int64),
+        }
+        if return_tensors is not None and TensorType(return_tensors) == TensorType.NUMPY:
+            data = {key: value.cpu().numpy() for key, value in data.items()}
+        return BatchFeature(data=data)
+
+    @staticmethod
+    def _to_tensor(image, do_convert_rgb: bool) -> torch.Tensor:
+        """uint8 pixels `(channels, height, width)`; converted to RGB as [`convert_to_rgb`] converts images."""
+        if isinstance(image, (str, PIL.Image.Image)):
+            image = to_pil_image(image)
+            if do_convert_rgb:
+                image = convert_to_rgb(image)
+            pixels = torch.from_numpy(np.array(image))
+            return pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+        if _check_uint8_image(image) == "array":
+            image = torch.from_numpy(np.array(image))
+            image = image.movedim(-1, 0) if image.ndim == 3 else image
+        pixels = image[None] if image.ndim == 2 else image
+        if do_convert_rgb and pixels.shape[0] == 1:
+            pixels = pixels.expand(3, -1, -1)  # as Pillow converts L to RGB
+        elif do_convert_rgb and pixels.shape[0] == 4:
+            pixels = pixels[:3]  # as Pillow converts RGBA to RGB: the alpha is dropped
+        return pixels
+
+    @staticmethod
+    def _patchify_tensor(
+        pixels: torch.Tensor, patch_size: int, hidden_stride: int, temporal_patch_size: int
+    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        channels, height, width = pixels.shape
+        grid_h, grid_w = height // patch_size, width // patch_size
+        frames = pixels.expand(temporal_patch_size, channels, height, width)
+        patches = frames.reshape(
+            1,
+            temporal_patch_size,
+            channels,
+            grid_h // hidden_stride,
+            hidden_stride,
+            patch_size,
+            grid_w // hidden_stride,
+            hidden_stride,
+            patch_size,
+        )
+        # (t, gh/s, gw/s, s, s, C, tp, p, p): the order of OvisU1ImageProcessor.
+        patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+        patches = patches.reshape(grid_h * grid_w, channels * temporal_patch_size * patch_size * patch_size)
+        return patches, (1, grid_h, grid_w)
+
+
+# The image processor of each transformers backend name: `AutoImageProcessor.from_pretrained(..., backend=...)`.
+IMAGE_PROCESSOR_BACKENDS = {"pil": OvisU1ImageProcessor, "torchvision": OvisU1ImageProcessorFast}
+
+
+def image_processor_class(backend: str | None = None, use_fast: bool | None = None) -> type:
+    """
+    The image processor class `AutoImageProcessor` gives for `backend` (or the older `use_fast`), by transformers'
+    rule: `"torchvision"` (`use_fast=True`) gives [`OvisU1ImageProcessorFast`], `"pil"` (`use_fast=False`)
+    [`OvisU1ImageProcessor`]; by default the first where torchvision is installed, else the second.
+    """
+    if backend is None and use_fast is not None:
+        backend = "torchvision" if use_fast else "pil"
+    if backend is None:
+        backend = "torchvision" if is_torchvision_available() else "pil"
+    if backend not in IMAGE_PROCESSOR_BACKENDS:
+        known = ", ".join(f"{name!r} ({cls.__name__})" for name, cls in IMAGE_PROCESSOR_BACKENDS.items())
+        raise ValueError(f"Unknown image processor backend {backend!r}: Ovis-U1 has {known}.")
+    return IMAGE_PROCESSOR_BACKENDS[backend]
+
+
 __all__ = [
+    "IMAGE_PROCESSOR_BACKENDS",
     "OvisU1ImageProcessor",
+    "OvisU1ImageProcessorFast",
     "OvisU1ImageProcessorKwargs",
     "convert_to_rgb",
     "fit_image",
+    "image_processor_class",
+    "pillow_resize",
     "smart_resize",
     "to_pil_image",
 ]
 
 OvisU1ImageProcessor.register_for_auto_class("AutoImageProcessor")
+OvisU1ImageProcessorFast.register_for_auto_class("AutoImageProcessor")

@@ -15,6 +15,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple, is_flash_attention_requested
+from transformers.utils.output_capturing import capture_outputs
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
 from .configuration_ovis_u1 import OvisU1Config, OvisU1VisionConfig, check_pretrained_path
@@ -31,13 +32,19 @@ class OvisU1VisionOutput(ModelOutput):
         norm to these features.
     visual_tokens (`torch.FloatTensor` of shape `(num_patches // hidden_stride**2, vocab_size)`):
         Probability rows over the visual vocabulary (the indicator columns are zero).
-    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-        Input of the first block and output of every block, when `output_hidden_states=True`.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        Input of the first block and output of every block, each `(num_patches, hidden_size)` in the processor's
+        patch order.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True` with eager attention):
+        Attention weights of every block, each `(num_heads, num_patches, num_patches)` in the processor's patch order:
+        row `i` holds the weights patch `i` gives every patch, zero outside its image (full-attention blocks) or its
+        window (windowed blocks).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     visual_tokens: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # transformers 5.24 renamed the key/value cache, as a forward argument and as an output field, from
@@ -46,30 +53,47 @@ class OvisU1VisionOutput(ModelOutput):
 CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
+class ImageOutputsAsTuple:
+    """As transformers' multimodal outputs: in tuple form, the nested vision output is a tuple too."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(self[key].to_tuple() if key == "image_outputs" else self[key] for key in self.keys())
+
+
 @dataclass
-class OvisU1ModelOutputWithPast(BaseModelOutputWithPast):
+class OvisU1ModelOutputWithPast(ImageOutputsAsTuple, BaseModelOutputWithPast):
     r"""
     Output of [`OvisU1Model`]: the language model's output (normed last hidden state, key/value cache, hidden states,
-    attentions) and the visual embeddings.
+    attentions), the visual embeddings and the vision encoder's output.
 
     image_hidden_states (`torch.FloatTensor` of shape `(num_visual_tokens, hidden_size)`, *optional*):
         Visual embeddings of the images of the batch.
+    image_outputs (`BaseModelOutputWithPooling`, *optional*):
+        Output of [`~OvisU1Model.get_image_features`] (the vision encoder's last hidden state, the visual embeddings
+        per image as `pooler_output`, and the encoder's `hidden_states` and `attentions` when asked for); `None`
+        where the vision encoder did not run (no `pixel_values`).
     """
 
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 @dataclass
-class OvisU1CausalLMOutputWithPast(CausalLMOutputWithPast):
+class OvisU1CausalLMOutputWithPast(ImageOutputsAsTuple, CausalLMOutputWithPast):
     r"""
     Output of [`OvisU1ForConditionalGeneration`]: loss, logits, the language model's key/value cache, hidden states
-    and attentions, and the visual embeddings.
+    and attentions, the visual embeddings and the vision encoder's output.
 
     image_hidden_states (`torch.FloatTensor` of shape `(num_visual_tokens, hidden_size)`, *optional*):
         Visual embeddings of the images of the batch.
+    image_outputs (`BaseModelOutputWithPooling`, *optional*):
+        Output of [`~OvisU1Model.get_image_features`] (the vision encoder's last hidden state, the visual embeddings
+        per image as `pooler_output`, and the encoder's `hidden_states` and `attentions` when asked for); `None`
+        where the vision encoder did not run (no `pixel_values`).
     """
 
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 class OvisU1VisionEmbeddings(nn.Module):
@@ -167,7 +191,10 @@ def eager_attention_forward(
 
 
 class OvisU1VisionAttention(nn.Module):
-    """Non-causal attention within the segments (whole images or windows) delimited by `cu_seqlens`."""
+    """
+    Non-causal attention within the segments (whole images or windows) delimited by `cu_seqlens`. The rows come in
+    the processor's patch order; `window_rows`, when given, lists them in window order, the order `cu_seqlens` counts.
+    """
 
     def __init__(self, config: OvisU1VisionConfig):
         super().__init__()
@@ -186,8 +213,10 @@ class OvisU1VisionAttention(nn.Module):
         hidden_states: torch.Tensor,
         cu_seqlens: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        window_rows: torch.Tensor | None = None,
+        output_attentions: bool = False,
         **kwargs,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         seq_length = hidden_states.shape[0]
         query, key, value = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).unbind(1)
         if position_embeddings is not None:
@@ -197,7 +226,10 @@ class OvisU1VisionAttention(nn.Module):
             self.config._attn_implementation, eager_attention_forward
         )
         dropout = self.attention_dropout if self.training else 0.0
+        attn_weights = None
         if is_flash_attention_requested(self.config):
+            if window_rows is not None:
+                query, key, value = query[window_rows], key[window_rows], value[window_rows]
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
             attn_output, _ = attention_interface(
                 self,
@@ -215,16 +247,35 @@ class OvisU1VisionAttention(nn.Module):
                 **kwargs,
             )
             attn_output = attn_output[0]
+            if window_rows is not None:
+                attn_output = torch.empty_like(attn_output).index_copy_(0, window_rows, attn_output)
         else:
             # Windows come in a handful of sizes: attend over all segments of one size in a single batched call.
             attn_output = torch.empty_like(query)
             for index in segment_indices(cu_seqlens):
+                if window_rows is not None:
+                    index = window_rows[index]
                 q, k, v = (x[index].transpose(1, 2) for x in (query, key, value))  # (segments, heads, len, dim)
-                out, _ = attention_interface(
-                    self, q, k, v, attention_mask=None, scaling=self.scaling, dropout=dropout, is_causal=False
+                out, weights = attention_interface(
+                    self,
+                    q,
+                    k,
+                    v,
+                    attention_mask=None,
+                    scaling=self.scaling,
+                    dropout=dropout,
+                    is_causal=False,
+                    output_attentions=output_attentions,
                 )
                 attn_output[index] = out.to(attn_output.dtype)
-        return self.proj(attn_output.reshape(seq_length, -1))
+                if output_attentions and weights is not None:
+                    if attn_weights is None:
+                        attn_weights = weights.new_zeros(self.num_heads, seq_length, seq_length)
+                    # Each segment's (length, length) block goes where its rows and columns stand.
+                    shape = (*index.shape, index.shape[-1])
+                    rows, cols = index[:, :, None].expand(shape), index[:, None, :].expand(shape)
+                    attn_weights[:, rows, cols] = weights.transpose(0, 1).to(attn_weights.dtype)
+        return self.proj(attn_output.reshape(seq_length, -1)), attn_weights
 
 
 def segment_indices(cu_seqlens: torch.Tensor) -> list[torch.Tensor]:
@@ -267,9 +318,10 @@ class OvisU1VisionEncoderLayer(GradientCheckpointingLayer):
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        hidden_states = hidden_states + self.attention(
+        attn_output, _ = self.attention(
             self.rms_norm1(hidden_states), cu_seqlens=cu_seqlens, position_embeddings=position_embeddings, **kwargs
         )
+        hidden_states = hidden_states + attn_output
         return hidden_states + self.mlp(self.rms_norm2(hidden_states))
 
 
@@ -283,7 +335,9 @@ class OvisU1PreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False  # packed vision segments depend on the data
+    # The decoding steps, which never see images, compile without graph breaks; the vision tower (its packed segments
+    # depend on the data) runs in the prefill only, which generate does not compile.
+    _can_compile_fullgraph = True
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -322,6 +376,7 @@ class OvisU1VisionModel(OvisU1PreTrainedModel):
     config: OvisU1VisionConfig
     main_input_name = "pixel_values"
     _no_split_modules = ["OvisU1VisionEncoderLayer"]
+    _can_record_outputs = {"hidden_states": OvisU1VisionEncoderLayer, "attentions": OvisU1VisionAttention}
 
     def __init__(self, config: OvisU1VisionConfig):
         super().__init__(config)
@@ -361,20 +416,25 @@ class OvisU1VisionModel(OvisU1PreTrainedModel):
             return nn.functional.gumbel_softmax(logits, tau=self.config.tau, hard=True)
         return hard_softmax(logits)
 
-    def forward(
-        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, output_hidden_states: bool = False, **kwargs
-    ) -> OvisU1VisionOutput:
+    @capture_outputs
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, **kwargs) -> OvisU1VisionOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(num_patches, num_channels * patch_size**2)`):
             Packed patches of all images, as produced by [`OvisU1ImageProcessor`].
         grid_thw (`torch.LongTensor` of shape `(num_images, 3)`):
             Patch grid `(t, h, w)` of each image.
+        output_hidden_states (`bool`, *optional*):
+            Also return the input of the first block and the output of every block.
+        output_attentions (`bool`, *optional*):
+            Also return the attention weights of every block (eager attention only, as in every transformers model).
         """
         self.check_inputs(pixel_values, grid_thw)
         config = self.config
         merge_unit = config.hidden_stride**2
         hidden_states = self.embeddings(pixel_values, grid_thw)
         seq_length = hidden_states.shape[0]
+        # Said to every attention block, so that only a requested attention map is assembled.
+        kwargs["output_attentions"] = bool(kwargs.get("output_attentions", config.output_attentions))
 
         position_embeddings = None
         if self.rotary_emb is not None:
@@ -383,49 +443,35 @@ class OvisU1VisionModel(OvisU1PreTrainedModel):
 
         cu_seqlens = get_vision_cu_seqlens(grid_thw).to(hidden_states.device)
         full_attention = config.fullatt_block_indexes
-        window_index = None
+        window_rows = None
         if full_attention is not None:
-            # Windowed blocks see the tokens regrouped window by window (in units of merged patch groups).
+            # Windowed blocks attend window by window (windows are made of merged patch groups and never cross
+            # images). The rows stay in the processor's order through every block, so that the hidden states
+            # recorded from the blocks are in that order; a windowed block looks its windows' rows up in
+            # `window_rows`, the rows listed window after window.
             window_index, cu_window_seqlens = get_vision_window_index(
                 grid_thw, config.hidden_stride, config.window_size, config.patch_size
             )
             window_index = window_index.to(hidden_states.device)
+            window_rows = window_index[:, None] * merge_unit + torch.arange(merge_unit, device=window_index.device)
+            window_rows = window_rows.flatten()
             cu_window_seqlens = cu_window_seqlens.to(hidden_states.device)
-            hidden_states = permute_groups(hidden_states, window_index, merge_unit)
-            if position_embeddings is not None:
-                position_embeddings = tuple(permute_groups(x, window_index, merge_unit) for x in position_embeddings)
-            # Whole-image segments stay valid after the permutation: windows never cross images.
 
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
         for index, layer in enumerate(self.layers):
             windowed = full_attention is not None and index not in full_attention
             hidden_states = layer(
                 hidden_states,
                 cu_seqlens=cu_window_seqlens if windowed else cu_seqlens,
                 position_embeddings=position_embeddings,
+                window_rows=window_rows if windowed else None,
                 **kwargs,
             )
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-
-        if window_index is not None:
-            inverse = torch.argsort(window_index)
-            hidden_states = permute_groups(hidden_states, inverse, merge_unit)
-            if output_hidden_states:
-                all_hidden_states = tuple(permute_groups(x, inverse, merge_unit) for x in all_hidden_states)
 
         # QUIRK: the released model takes features from the last block without its final norm.
         logits = self.head_norm(self.head_linear(hidden_states.reshape(seq_length // merge_unit, -1)))
         visual_tokens = self.tokenize(logits)
         visual_tokens = nn.functional.pad(visual_tokens, (0, config.num_visual_indicator_tokens))
-        return OvisU1VisionOutput(
-            last_hidden_state=hidden_states, visual_tokens=visual_tokens, hidden_states=all_hidden_states
-        )
-
-
-def permute_groups(x: torch.Tensor, index: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Reorder the rows of `x` in consecutive groups of `group_size` rows."""
-    return x.reshape(-1, group_size, *x.shape[1:])[index].reshape(x.shape)
+        return OvisU1VisionOutput(last_hidden_state=hidden_states, visual_tokens=visual_tokens)
 
 
 class OvisU1VisualEmbeddingTable(nn.Embedding):
@@ -465,15 +511,17 @@ class OvisU1Model(OvisU1PreTrainedModel):
         Returns:
             [`BaseModelOutputWithPooling`]: `last_hidden_state`, the vision encoder's output `(num_patches, hidden)`;
             `pooler_output`, one `(num_visual_tokens, text_hidden_size)` tensor of visual embeddings per image;
-            `hidden_states` of the encoder when `output_hidden_states=True`.
+            `hidden_states` and `attentions` of the encoder when `output_hidden_states=True` /
+            `output_attentions=True` (see [`OvisU1VisionModel`]).
         """
-        vision_outputs = self.vision_tower(pixel_values, image_grid_thw, **kwargs)
+        vision_outputs = self.vision_tower(pixel_values, image_grid_thw, return_dict=True, **kwargs)
         embeddings = self.visual_embeddings_table(vision_outputs.visual_tokens)
         sizes = (image_grid_thw.prod(-1) // self.config.vision_config.hidden_stride**2).tolist()
         return BaseModelOutputWithPooling(
             last_hidden_state=vision_outputs.last_hidden_state,
             pooler_output=embeddings.split(sizes),
             hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
         )
 
     def indicator_rows(self) -> list[int]:
@@ -562,7 +610,7 @@ class OvisU1Model(OvisU1PreTrainedModel):
 
         if pixel_values is not None and image_hidden_states is not None:
             raise ValueError("Pass `pixel_values` or `image_hidden_states`, not both.")
-        image_features = None
+        image_features = image_outputs = None
         if pixel_values is not None or image_hidden_states is not None:
             name = "pixel_values" if pixel_values is not None else "image_hidden_states"
             image_mask = self.token_mask(self.config.image_token_id, input_ids, inputs_embeds)
@@ -575,7 +623,12 @@ class OvisU1Model(OvisU1PreTrainedModel):
                 )
             opening_mask = self.token_mask(self.config.visual_indicator_token_ids[0], input_ids, inputs_embeds)
             if pixel_values is not None:
-                image_features = self.get_image_features(pixel_values, image_grid_thw, return_dict=True).pooler_output
+                # Only the output switches reach the vision tower: `kwargs` also carry the language model's cache and
+                # the Trainer's loss arguments.
+                switches = ("output_attentions", "output_hidden_states")
+                vision_kwargs = {key: kwargs[key] for key in switches if key in kwargs}
+                image_outputs = self.get_image_features(pixel_values, image_grid_thw, return_dict=True, **vision_kwargs)
+                image_features = image_outputs.pooler_output
             elif image_grid_thw is not None:
                 sizes = (image_grid_thw.prod(-1) // self.config.vision_config.hidden_stride**2).tolist()
                 image_features = image_hidden_states.split(sizes)
@@ -583,11 +636,11 @@ class OvisU1Model(OvisU1PreTrainedModel):
                 image_features = (image_hidden_states,)
             inputs_embeds = self.merge_image_features(image_mask, opening_mask, inputs_embeds, image_features)
             image_features = torch.cat(image_features)
+        # Without a branch on the data, so that a decoding step compiles as one graph.
         for token_id, row in zip(self.config.visual_indicator_token_ids, self.indicator_rows()):
             indicator = self.token_mask(token_id, input_ids, inputs_embeds)
-            if indicator.any():
-                embedding = self.visual_embeddings_table.weight[row].to(inputs_embeds.dtype)
-                inputs_embeds = torch.where(indicator[..., None], embedding, inputs_embeds)
+            embedding = self.visual_embeddings_table.weight[row].to(inputs_embeds.dtype)
+            inputs_embeds = torch.where(indicator[..., None], embedding, inputs_embeds)
 
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             # Left-padded rows count positions from their first real token, as generation does.
@@ -602,7 +655,7 @@ class OvisU1Model(OvisU1PreTrainedModel):
             **kwargs,
         )
         # The language model's output holds its fields under the installed version's names (see `CACHE_NAME`).
-        return OvisU1ModelOutputWithPast(**outputs, image_hidden_states=image_features)
+        return OvisU1ModelOutputWithPast(**outputs, image_hidden_states=image_features, image_outputs=image_outputs)
 
 
 class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
@@ -705,6 +758,7 @@ class OvisU1ForConditionalGeneration(OvisU1PreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
             **{CACHE_NAME: outputs.get(CACHE_NAME)},
         )
 

@@ -5,13 +5,14 @@ import copy
 import re
 
 import numpy as np
+import torch
 from transformers import AutoTokenizer
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 from transformers.utils import logging
 
 from .configuration_ovis_u1 import check_pretrained_path
-from .image_processing_ovis_u1 import OvisU1ImageProcessor, OvisU1ImageProcessorKwargs
+from .image_processing_ovis_u1 import OvisU1ImageProcessorKwargs, image_processor_class
 
 
 logger = logging.get_logger(__name__)
@@ -65,8 +66,9 @@ class OvisU1ProcessorKwargs(ProcessingKwargs, total=False):
 
 class OvisU1Processor(ProcessorMixin):
     r"""
-    Constructs an Ovis-U1 processor from an [`OvisU1ImageProcessor`] and a Qwen2 tokenizer (the released Qwen3
-    tokenizer).
+    Constructs an Ovis-U1 processor from an [`OvisU1ImageProcessor`] (or [`OvisU1ImageProcessorFast`]) and a Qwen2
+    tokenizer (the released Qwen3 tokenizer). `from_pretrained` picks the image processor as `AutoImageProcessor`
+    does, by `backend` (or `use_fast`).
 
     In the text, each image is marked by the literal `<image>`. The text is split on the markers and each chunk is
     tokenized alone (as the released model does: tokenizing the whole string would merge tokens across the markers),
@@ -74,7 +76,7 @@ class OvisU1Processor(ProcessorMixin):
     positions of its visual tokens), `<|vision_end|>`.
 
     Args:
-        image_processor ([`OvisU1ImageProcessor`], *optional*):
+        image_processor ([`OvisU1ImageProcessor`] or [`OvisU1ImageProcessorFast`], *optional*):
             The image processor.
         tokenizer ([`Qwen2Tokenizer`], *optional*):
             The tokenizer; it must know `<|vision_start|>`, `<|image_pad|>` and `<|vision_end|>`.
@@ -112,8 +114,10 @@ class OvisU1Processor(ProcessorMixin):
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         # The image processor is this module's sibling: load it directly. Through AutoImageProcessor it would ask for
-        # `trust_remote_code` again, which diffusers does not pass when it loads this processor as a component.
-        image_processor = OvisU1ImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # `trust_remote_code` again, which diffusers does not pass when it loads this processor as a component. Its
+        # class follows AutoImageProcessor's rule for `backend` (or `use_fast`).
+        image_processor_cls = image_processor_class(kwargs.pop("backend", None), kwargs.pop("use_fast", None))
+        image_processor = image_processor_cls.from_pretrained(pretrained_model_name_or_path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return [image_processor, tokenizer]
 
@@ -330,11 +334,12 @@ class OvisU1Processor(ProcessorMixin):
 
         flat_images = [image for images in images_per_text for image in images]
         if flat_images:
+            # numpy arrays from OvisU1ImageProcessor, torch tensors from OvisU1ImageProcessorFast.
             image_inputs = self.image_processor(flat_images, return_tensors=None, **images_kwargs)
             image_grid_thw = image_inputs["image_grid_thw"]
-            num_rows = image_grid_thw.prod(-1)
+            num_rows = image_grid_thw.prod(-1).tolist()
             hidden_stride = images_kwargs.get("hidden_stride", self.image_processor.hidden_stride)
-            num_tokens = (num_rows // hidden_stride**2).tolist()
+            num_tokens = [rows // hidden_stride**2 for rows in num_rows]
             row_ends = np.cumsum(num_rows).tolist()
 
         sequences, spans, kept_images, next_image = [], [], [], 0
@@ -378,8 +383,9 @@ class OvisU1Processor(ProcessorMixin):
                 for ids, span in zip(data["input_ids"], spans)
             ]
         if kept_images:
-            rows = [image_inputs["pixel_values"][row_ends[i] - num_rows[i] : row_ends[i]] for i in kept_images]
-            data["pixel_values"] = np.concatenate(rows)
+            pixel_values = image_inputs["pixel_values"]
+            rows = [pixel_values[row_ends[i] - num_rows[i] : row_ends[i]] for i in kept_images]
+            data["pixel_values"] = torch.cat(rows) if isinstance(pixel_values, torch.Tensor) else np.concatenate(rows)
             data["image_grid_thw"] = image_grid_thw[kept_images]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
