@@ -1,11 +1,13 @@
 """LoRA fine-tuning of the understanding model: labels, the Trainer's loss, adapters, resuming."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import TrainingArguments
 from packaging.version import Version
 
@@ -239,3 +241,61 @@ def test_resuming_from_a_checkpoint_continues_the_same_loss_curve(tmp_path, proc
     assert len(losses(uninterrupted)) == 8
     assert len(losses(resumed, after_step=4)) == 4  # the steps it ran; its log also holds the checkpoint's
     np.testing.assert_allclose(losses(resumed, after_step=4), losses(uninterrupted)[4:], rtol=1e-5)
+
+
+def command_line_run(folder, data, *options):
+    # fmt: off
+    return main([
+        "--model", str(folder / "model"), "--data", str(data), "--output-dir", str(folder / "_".join(options or ["plain"])),
+        "--lora_r", "8", "--lora_dropout", "0", "--max_steps", "3", "--per_device_train_batch_size", "4",
+        "--learning_rate", "1e-2", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--use_cpu",
+        "--disable_tqdm", "true", "--seed", "0", "--data_seed", "0", *options,
+    ])
+    # fmt: on
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, processor):
+    folder = tmp_path_factory.mktemp("chat_lora_options")
+    base_model(processor).save_pretrained(folder / "model")
+    processor.save_pretrained(folder / "model")
+    return folder, write_dataset(folder)
+
+
+@pytest.fixture(scope="module")
+def plain_run(saved_model):
+    return command_line_run(*saved_model)
+
+
+def test_gradient_checkpointing_gives_the_same_losses(saved_model, plain_run):
+    # transformers 5.24 renamed the option (the old name is deprecated there).
+    fields = TrainingArguments.__dataclass_fields__
+    option = "--activation_checkpointing" if "activation_checkpointing" in fields else "--gradient_checkpointing"
+    checkpointed = command_line_run(*saved_model, option)
+    language_model = checkpointed.model.base_model.model.model.language_model
+    assert any(getattr(module, "gradient_checkpointing", False) is True for module in language_model.modules())
+    np.testing.assert_allclose(losses(checkpointed), losses(plain_run), rtol=1e-5)
+    assert len(losses(plain_run)) == 3
+
+
+def lora_names(trainer, tower):
+    return [name for name, _ in trainer.model.named_parameters() if "lora_" in name and f".{tower}." in name]
+
+
+def test_train_vision_adds_lora_to_the_vision_tower(saved_model, plain_run):
+    assert lora_names(plain_run, "vision_tower") == [] and lora_names(plain_run, "language_model")
+    with_vision = command_line_run(*saved_model, "--train_vision")
+    names = lora_names(with_vision, "vision_tower")
+    assert names and all(p.requires_grad for n, p in with_vision.model.named_parameters() if n in names)
+    # Trained: the vision tower's LoRA B matrices (zero at the start) moved.
+    parameters = dict(with_vision.model.named_parameters())
+    assert any(parameters[n].abs().max() > 0 for n in names if "lora_B" in n)
+    # The saved adapter holds them.
+    saved = load_file(Path(with_vision.args.output_dir) / "adapter_model.safetensors")
+    assert any(".vision_tower." in key for key in saved)
+
+
+def test_the_seed_sets_the_adapter_s_initial_weights(saved_model, plain_run):
+    torch.manual_seed(1234)  # whatever ran before
+    again = command_line_run(*saved_model)
+    np.testing.assert_array_equal(losses(again), losses(plain_run))

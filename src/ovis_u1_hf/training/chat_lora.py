@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from ..modeling import OvisU1ForConditionalGeneration, OvisU1Processor
 from .chat_data import ChatDataCollator, load_chat_jsonl
@@ -97,6 +97,8 @@ def build_trainer(model, processor, train_dataset, arguments: ChatLoraArguments,
 def main(argv=None):
     parser = HfArgumentParser((ChatLoraArguments, TrainingArguments))
     arguments, training_args = parser.parse_args_into_dataclasses(args=argv)
+    # Before the adapter is made: `--seed` also sets its initial weights, as in the transformers examples.
+    set_seed(training_args.seed)
     dtype = torch.bfloat16 if training_args.bf16 else torch.float32
     model, processor = load_model_and_processor(arguments.model, dtype=dtype)
     # transformers 5.24 renamed the option `activation_checkpointing` (the old name mirrors it).
