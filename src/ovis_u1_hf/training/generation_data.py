@@ -201,7 +201,8 @@ def micro_batch_stream(sizes: list[tuple[int, int]], batch_size: int, seed: int,
 
 def _mix(*values: int) -> int:
     """One 63-bit seed from several integers, well mixed (nearby inputs give unrelated seeds)."""
-    return int(np.random.SeedSequence([v & 0xFFFFFFFFFFFFFFFF for v in values]).generate_state(1, np.uint64)[0] >> 1)
+    state = np.random.SeedSequence([v & 0xFFFFFFFFFFFFFFFF for v in values]).generate_state(1, np.uint64)[0]
+    return int(state) >> 1  # a Python int: numpy 1 refuses to shift a uint64 by a (signed) int
 
 
 def step_generator(seed: int, micro_batch: int) -> torch.Generator:
