@@ -16,6 +16,8 @@ from safetensors import safe_open
 from ovis_u1_hf.inputs import InputError
 from ovis_u1_hf.training.generation_data import DataError
 from ovis_u1_hf.training.generation_lora import main
+from test_pipelines import spec_condition as spec_turn_condition
+from test_pipelines import spec_condition_image, spec_fit, spec_ids, spec_pack, spec_smart_resize
 from tiny_pipelines import tiny_edit_pipeline, tiny_text_to_image_pipeline
 
 
@@ -103,47 +105,10 @@ def run(workspace, output, *options, data="t2i", callback=None):
 # ---------------------------------------------------------------------------------------------- SPEC reference ----
 
 
-def spec_smart_resize(h, w, factor, min_pixels, max_pixels):
-    """SPEC 4 (both sides at least `factor`)."""
-    hb, wb = round(h / factor) * factor, round(w / factor) * factor
-    if hb * wb > max_pixels:
-        beta = math.sqrt(h * w / max_pixels)
-        hb, wb = math.floor(h / beta / factor) * factor, math.floor(w / beta / factor) * factor
-    elif hb * wb < min_pixels:
-        beta = math.sqrt(min_pixels / (h * w))
-        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
-    return hb, wb
-
-
-def spec_fit(image, W, H):
-    """SPEC 11: scale by max(W/w, H/h) (bicubic, int sizes), centre crop with Python round."""
-    r = max(W / image.width, H / image.height)
-    image = image.resize((int(r * image.width), int(r * image.height)), resample=BICUBIC)
-    left, top = round((image.width - W) / 2), round((image.height - H) / 2)
-    return image.crop((left, top, left + W, top + H))
-
-
 @torch.no_grad()
 def spec_condition(pipe, user_text, image, W, H):
     """SPEC 10: one user turn with the image fitted to (W, H) and resized to smart_resize(H, W, 28, 3136, min_pixels)."""
-    h, w = spec_smart_resize(H, W, 28, 3136, pipe.processor.image_processor.min_pixels)
-    image = spec_fit(image, W, H).resize((w, h), resample=BICUBIC)
-    inputs = pipe.processor(images=[image], text="<|im_start|>user\n" + user_text + "<|im_end|>\n", return_tensors="pt")
-    return pipe.text_encoder.get_generation_condition(**inputs)
-
-
-def spec_pack(z):
-    """b c (h 2) (w 2) -> b (h w) (c 2 2)."""
-    b, c, h2, w2 = z.shape
-    out = torch.empty(b, h2 // 2 * (w2 // 2), c * 4)
-    for r in range(h2 // 2):
-        for col in range(w2 // 2):
-            out[:, r * (w2 // 2) + col] = z[:, :, 2 * r : 2 * r + 2, 2 * col : 2 * col + 2].reshape(b, c * 4)
-    return out
-
-
-def spec_ids(h, w, index):
-    return torch.tensor([[index, r, c] for r in range(h) for c in range(w)], dtype=torch.float32)
+    return spec_turn_condition(pipe, user_text, spec_condition_image(pipe, image, W, H))
 
 
 @torch.no_grad()
