@@ -287,9 +287,14 @@ def page(pipe, tmp_path_factory):
 
 
 def set_number(tab, label: str, value) -> None:
+    from playwright.sync_api import expect
+
     field = tab.get_by_label(label, exact=True)
     field.fill(str(value))
     field.press("Enter")
+    # Leaving the field commits its value to the app before anything runs.
+    field.blur()
+    expect(field).to_have_value(str(value))
 
 
 def shown_image(page, image) -> Image.Image:
