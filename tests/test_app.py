@@ -295,6 +295,13 @@ def set_number(tab, label: str, value) -> None:
     # Leaving the field commits its value to the app before anything runs.
     field.blur()
     expect(field).to_have_value(str(value))
+    # A slider takes the number field's value a moment later: its range input shows it once it holds it.
+    slider = field.locator(
+        "xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' wrap ')][1]"
+        "/div[contains(@class, 'slider_input_container')]//input[@type='range']"
+    )
+    if slider.count():
+        expect(slider).to_have_value(str(value))
 
 
 def shown_image(page, image) -> Image.Image:
