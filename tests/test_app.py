@@ -118,16 +118,7 @@ def test_generate_reports_each_denoising_step(app):
 def test_edit_returns_the_pipeline_edit(app, pipe):
     image = an_image(0, 40, 56)
     edited = app.edit(image, "make it blue", 2.0, 5.0, 1.2, 1.0)
-    reference = OvisU1EditPipeline.from_pipe(pipe, dtype=torch.float32)
-    reference.set_progress_bar_config(disable=True)
-    expected = reference(
-        image,
-        "make it blue",
-        num_inference_steps=2,
-        guidance_scale=5.0,
-        image_guidance_scale=1.2,
-        generator=torch.Generator().manual_seed(1),
-    ).images[0]
+    expected = pipeline_edit(pipe, image, "make it blue", 2, 1, guidance_scale=5.0, image_guidance_scale=1.2)
     assert edited.size == (96, 64)
     assert np.array_equal(np.asarray(edited), np.asarray(expected))
 
@@ -357,10 +348,7 @@ def test_browser_edit_shows_the_pipeline_edit(page, pipe, tmp_path):
 
     image_path = tmp_path / "photo.png"
     an_image(4, 40, 56).save(image_path)
-    reference = OvisU1EditPipeline.from_pipe(pipe, dtype=torch.float32)
-    reference.set_progress_bar_config(disable=True)
-    generator = torch.Generator().manual_seed(5)
-    expected = reference(Image.open(image_path), "make it blue", num_inference_steps=2, generator=generator).images[0]
+    expected = pipeline_edit(pipe, Image.open(image_path), "make it blue", 2, 5)
 
     page.get_by_role("tab", name="Edit").click()
     tab = page.locator("#edit-tab")
