@@ -271,8 +271,7 @@ def logit_deviation(logits: torch.Tensor, reference: torch.Tensor) -> float:
 
 def forget_earlier_calls(pipe) -> None:
     pipe.condition_cache.clear()
-    if hasattr(pipe, "context_cache"):
-        pipe.context_cache.clear()
+    pipe.context_cache.clear()
 
 
 def forget_timed_text(pipe) -> None:

@@ -94,6 +94,10 @@ class OvisU1PipelineMixin:
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         # Latents are packed in 2x2 groups, so sizes are multiples of twice the VAE factor.
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor * 2)
+        # Outputs kept for reuse across calls (see `ReuseCache`): the text encoder's conditions and visual embeddings,
+        # and the VAE posteriors of the images to edit.
+        self.condition_cache = ReuseCache()
+        self.context_cache = ReuseCache()
 
     # ------------------------------------------------------------------ saving and loading --------------------------
     #
@@ -232,18 +236,6 @@ class OvisU1PipelineMixin:
         )
         return image.resize(size[::-1], resample=PIL.Image.Resampling.BICUBIC)
 
-    @property
-    def condition_cache(self) -> "ReuseCache":
-        """The language-model outputs this pipeline reuses across calls (see [`ReuseCache`])."""
-        if "_condition_cache" not in self.__dict__:
-            self._condition_cache = ReuseCache()
-        return self._condition_cache
-
-    def reuse_cache(self, name: str, model: torch.nn.Module) -> "ReuseCache":
-        """The pipeline's cache `name` when its entries may be reused for `model`, else an empty one for this call."""
-        cache = getattr(self, name)
-        return cache if cache.usable_for(model) else ReuseCache()
-
     def encode_condition(
         self,
         texts: list[str],
@@ -260,8 +252,7 @@ class OvisU1PipelineMixin:
         before (the unconditional branches, a prompt run again) and an image seen before (the white image, an image
         edited again) are taken from `condition_cache` instead, exactly as computed then.
         """
-        # Without a reusable cache (adapters, training), repeats are still computed once per call.
-        cache = self.reuse_cache("condition_cache", self.text_encoder)
+        cache = self.condition_cache.for_model(self.text_encoder)
         conditions = []
         for text, image in zip(texts, images):
             digest = image_digest(image)
@@ -430,6 +421,7 @@ class OvisU1PipelineMixin:
         elif attention_kwargs:
             raise ValueError(f"The transformer takes no attention kwargs besides `scale`, got {sorted(attention_kwargs)}.")
         with self.progress_bar(total=len(timesteps)) as progress_bar, scaled_lora(self.transformer, scale):
+            per_branch = None if batched else split_branches(branches, num_branches)
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -447,7 +439,7 @@ class OvisU1PipelineMixin:
                     velocity = velocity.unflatten(0, (num_branches, -1))
                 else:
                     velocities = []
-                    for index, inputs in enumerate(split_branches(branches, num_branches)):
+                    for index, inputs in enumerate(per_branch):
                         with self.transformer.cache_context(f"branch_{index}"):
                             velocities.append(
                                 self.transformer(hidden_states=latents, timestep=timestep, return_dict=False, **inputs)[0]
@@ -474,6 +466,7 @@ class OvisU1PipelineMixin:
                             **branches, "encoder_hidden_states": tokens, "pooled_projections": pooled,
                             "encoder_attention_mask": mask,
                         }
+                        per_branch = None if batched else split_branches(branches, num_branches)
                 progress_bar.update()
         self._current_timestep = None
         return latents
@@ -656,14 +649,15 @@ class ReuseCache:
         self.weights = None
         self.lock = threading.Lock()  # calls may run in several threads
 
-    def usable_for(self, model: torch.nn.Module) -> bool:
-        """Whether entries may be reused for `model`; forgets them all when its weights changed."""
+    def for_model(self, model: torch.nn.Module) -> "ReuseCache":
+        """This cache, if its entries may be reused for `model` (forgetting them when its weights changed), else an
+        empty one for a single call, so that repeats within the call are still computed once."""
         usable = self.size > 0 and not model.training and not has_adapter_layers(model)
         with self.lock:
             if not usable or not same_weights(self.weights, model):
                 self.entries.clear()
                 self.weights = weights_state(model) if usable else None
-        return usable
+        return self if usable else ReuseCache()
 
     def get(self, key, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         with self.lock:

@@ -19,7 +19,7 @@ from diffusers.utils import replace_example_docstring
 # diffusers copies only the modules a pipeline file imports itself: the transformer's too.
 from .transformer_ovis_u1 import OvisU1Transformer2DModel  # noqa: F401
 from .lora_ovis_u1 import OvisU1LoraLoaderMixin
-from .pipeline_ovis_u1 import UNCONDITIONAL_PROMPT, OvisU1PipelineMixin, ReuseCache, image_digest
+from .pipeline_ovis_u1 import UNCONDITIONAL_PROMPT, OvisU1PipelineMixin, image_digest
 
 
 EXAMPLE_DOC_STRING = """
@@ -120,13 +120,6 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoade
             raise ValueError(f"The images give different output sizes {sorted(sizes)}: pass `height` and `width`.")
         return sizes.pop()
 
-    @property
-    def context_cache(self) -> ReuseCache:
-        """The VAE posteriors of the images to edit that this pipeline reuses across calls (see [`ReuseCache`])."""
-        if "_context_cache" not in self.__dict__:
-            self._context_cache = ReuseCache()
-        return self._context_cache
-
     def image_posterior(self, image: PIL.Image.Image, device: torch.device) -> torch.Tensor:
         """The parameters (mean and log-variance) of the VAE posterior of an image whose sides are multiples of 16."""
         # Images already at the output size: no resizing, only `x / 127.5 - 1` in [-1, 1].
@@ -136,7 +129,7 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoade
     def encode_image(self, images: list[PIL.Image.Image], generator, device: torch.device) -> torch.Tensor:
         """Packed, scaled VAE latents sampled (with `generator`) from the posterior of each image (of one size, in
         multiples of 16). Each distinct image is encoded once, alone, and its posterior kept in `context_cache`."""
-        cache = self.reuse_cache("context_cache", self.vae)
+        cache = self.context_cache.for_model(self.vae)
         posteriors = [
             cache.get(("posterior", image_digest(image)), functools.partial(self.image_posterior, image, device))
             for image in images
