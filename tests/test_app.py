@@ -281,18 +281,25 @@ def set_number(tab, label: str, value) -> None:
     from playwright.sync_api import expect
 
     field = tab.get_by_label(label, exact=True)
-    field.fill(str(value))
-    field.press("Enter")
-    # Leaving the field commits its value to the app before anything runs.
-    field.blur()
-    expect(field).to_have_value(str(value))
     # A slider takes the number field's value a moment later: its range input shows it once it holds it.
     slider = field.locator(
         "xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' wrap ')][1]"
         "/div[contains(@class, 'slider_input_container')]//input[@type='range']"
     )
-    if slider.count():
-        expect(slider).to_have_value(str(value))
+    # A component still mounting (an accordion just opened) may put its initial value back over a typed one: type it
+    # again until it holds.
+    for attempt in range(5):
+        field.fill(str(value))
+        field.press("Enter")
+        field.blur()  # leaving the field commits its value to the app before anything runs
+        try:
+            expect(field).to_have_value(str(value), timeout=2_000)
+            if slider.count():
+                expect(slider).to_have_value(str(value), timeout=2_000)
+            return
+        except AssertionError:
+            if attempt == 4:
+                raise
 
 
 def shown_image(page, image) -> Image.Image:
