@@ -196,3 +196,16 @@ def test_a_call_per_branch_equals_one_batched_call(kind, request):
         assert [("context_hidden_states" in c) for c in calls[:3]] == [True, True, False]
         assert calls[0]["context_attention_mask"] is None
     assert abs(torch.as_tensor(separate) - torch.as_tensor(batched)).max() < 1e-5
+
+
+def test_one_batched_call_drops_masks_that_mask_nothing(t2i):
+    # Without guidance a single prompt leaves no padding: the call goes unmasked (on GPUs, to the flash kernels).
+    t2i.batch_guidance_branches = True
+    calls = transformer_calls(t2i)
+    unguided = generate(t2i, guidance_scale=1.0)
+    assert calls and all(c["encoder_attention_mask"] is None for c in calls)
+    calls.clear()
+    generate(t2i)  # the guided branches differ in length: the mask stays
+    assert all(c["encoder_attention_mask"] is not None and not c["encoder_attention_mask"].all() for c in calls)
+    t2i.batch_guidance_branches = False
+    assert torch.equal(torch.as_tensor(generate(t2i, guidance_scale=1.0)), torch.as_tensor(unguided))

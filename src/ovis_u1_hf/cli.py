@@ -42,10 +42,15 @@ def resolve_pipeline_folder(args) -> str:
     return model.path
 
 
+# `--attn` for the transformer: the same kernels through diffusers' attention dispatch.
+DIFFUSERS_ATTENTION_BACKENDS = {"eager": "_native_math", "sdpa": "native", "flash_attention_2": "flash"}
+
+
 def load_pipeline(args, pipeline_class, device, dtype, path):
     pipe = pipeline_class.from_pretrained(path, dtype=dtype)
     if args.attn is not None:
         pipe.text_encoder.set_attn_implementation(args.attn)
+        pipe.transformer.set_attention_backend(DIFFUSERS_ATTENTION_BACKENDS[args.attn])
     if args.offload:
         pipe.enable_model_cpu_offload(device=device)
     else:

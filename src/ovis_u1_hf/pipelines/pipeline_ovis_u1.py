@@ -23,9 +23,11 @@ from collections.abc import Callable
 import numpy as np
 import PIL.Image
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ModelMixin
 from diffusers.hooks import FasterCacheConfig, PyramidAttentionBroadcastConfig
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 # FLUX's latent and schedule helpers, from Ovis-Image's pipeline (same code): FLUX's module imports its CLIP, T5 and
 # SigLIP classes, and transformers logs a warning per image processor there wherever torchvision is absent.
 from diffusers.pipelines.ovis_image.pipeline_ovis_image import OvisImagePipeline, calculate_shift, retrieve_timesteps
@@ -58,6 +60,15 @@ MAX_IMAGE_SIZE = 1792
 # Language-model outputs kept per pipeline for inputs that repeat across calls (visual embeddings and conditions:
 # a few MB each for the released model).
 CONDITION_CACHE_SIZE = 16
+# diffusers' attention backends whose kernels take no key mask (their functions in `attention_dispatch` raise on
+# `attn_mask`): with one of them every transformer call goes unpadded and unmasked.
+MASKLESS_ATTENTION_BACKENDS = frozenset(
+    {
+        "flash", "flash_hub", "flash_4_hub", "_flash_3", "_flash_3_hub", "aiter_fa2_hub", "_native_flash", "_native_xla",
+        "sage", "sage_hub", "sage_blackwell_hub", "_sage_qk_int8_pv_fp8_cuda", "_sage_qk_int8_pv_fp8_cuda_sm90",
+        "_sage_qk_int8_pv_fp16_cuda", "_sage_qk_int8_pv_fp16_triton",
+    }
+)  # fmt: skip
 
 # A saved pipeline folder carries its code: these pipeline modules at its root, and each Ovis-U1 component's module
 # in the component's folder. With the package installed, the modules below are used instead of the folder's copies.
@@ -302,11 +313,25 @@ class OvisU1PipelineMixin:
     def refine(
         self, condition: torch.Tensor, mask: torch.Tensor, lora_scale: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The token refiner has no timestep input: run it once for all denoising steps."""
+        """The token refiner has no timestep input: run it once for all denoising steps. With an attention backend
+        that takes no mask, each row is refined alone without its padding."""
         condition = condition.to(self.transformer.dtype)
         with scaled_lora(self.transformer, lora_scale):
-            tokens, pooled = self.transformer.refine_condition(condition, mask)
+            if mask is None or self.attention_takes_masks():
+                tokens, pooled = self.transformer.refine_condition(condition, mask)
+            else:
+                rows = []
+                for row, row_mask in zip(condition, mask.bool()):
+                    start = int(row_mask.int().argmax())  # left padded
+                    rows.append(self.transformer.refine_condition(row[None, start:], None))
+                width = condition.shape[1]
+                tokens = torch.cat([F.pad(t, (0, 0, width - t.shape[1], 0)) for t, _ in rows])
+                pooled = torch.cat([p for _, p in rows])
         return tokens, pooled, mask
+
+    def attention_takes_masks(self) -> bool:
+        """Whether the transformer's attention backend takes key masks (see `MASKLESS_ATTENTION_BACKENDS`)."""
+        return attention_backend(self.transformer) not in MASKLESS_ATTENTION_BACKENDS
 
     # ------------------------------------------------------------------ latents -------------------------------------
     #
@@ -412,6 +437,7 @@ class OvisU1PipelineMixin:
         scheduler = self.scheduler if scheduler is None else scheduler
         num_branches = branches["encoder_hidden_states"].shape[0] // latents.shape[0]
         batched = self.batches_guidance_branches(latents.device)
+        takes_masks = self.attention_takes_masks()
         self._num_timesteps = len(timesteps)
         attention_kwargs = dict(self.attention_kwargs or {})
         scale = attention_kwargs.pop("scale", None)
@@ -421,7 +447,8 @@ class OvisU1PipelineMixin:
         elif attention_kwargs:
             raise ValueError(f"The transformer takes no attention kwargs besides `scale`, got {sorted(attention_kwargs)}.")
         with self.progress_bar(total=len(timesteps)) as progress_bar, scaled_lora(self.transformer, scale):
-            per_branch = None if batched else split_branches(branches, num_branches)
+            branches = without_full_masks(branches, takes_masks) if batched else branches
+            per_branch = None if batched else split_branches(branches, num_branches, by_row=not takes_masks)
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -439,11 +466,17 @@ class OvisU1PipelineMixin:
                     velocity = velocity.unflatten(0, (num_branches, -1))
                 else:
                     velocities = []
-                    for index, inputs in enumerate(per_branch):
-                        with self.transformer.cache_context(f"branch_{index}"):
-                            velocities.append(
-                                self.transformer(hidden_states=latents, timestep=timestep, return_dict=False, **inputs)[0]
-                            )
+                    for index, groups in enumerate(per_branch):
+                        parts = []
+                        for rows, inputs in groups:
+                            context = f"branch_{index}" if len(groups) == 1 else f"branch_{index}_row_{rows.start}"
+                            with self.transformer.cache_context(context):
+                                parts.append(
+                                    self.transformer(
+                                        hidden_states=latents[rows], timestep=timestep[rows], return_dict=False, **inputs
+                                    )[0]
+                                )
+                        velocities.append(parts[0] if len(parts) == 1 else torch.cat(parts))
                     velocity = torch.stack(velocities)
                 velocity = combine(velocity)
                 latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
@@ -466,7 +499,8 @@ class OvisU1PipelineMixin:
                             **branches, "encoder_hidden_states": tokens, "pooled_projections": pooled,
                             "encoder_attention_mask": mask,
                         }
-                        per_branch = None if batched else split_branches(branches, num_branches)
+                        branches = without_full_masks(branches, takes_masks) if batched else branches
+                        per_branch = None if batched else split_branches(branches, num_branches, by_row=not takes_masks)
                 progress_bar.update()
         self._current_timestep = None
         return latents
@@ -478,14 +512,16 @@ class OvisU1PipelineMixin:
         Set `pipe.batch_guidance_branches` to choose; by default one call on accelerators, where a call's overhead
         weighs, and one per branch on the CPU, where the unpadded calls measured faster (PyTorch's CPU attention takes
         its slow path for masked keys; `benchmarks/bench_speedups.py`). Pyramid attention broadcast and FasterCache
-        always get one call: their hooks keep one state for all calls of a step.
+        always get one call: their hooks keep one state for all calls of a step. An attention backend that takes no
+        mask (flash-attn, Sage) gets one call per branch and prompt, none of them padded.
         """
         choice = getattr(self, "batch_guidance_branches", None)
         if choice is not None:
             return bool(choice)
         cache_config = getattr(self.transformer, "_cache_config", None)
-        one_state = isinstance(cache_config, (PyramidAttentionBroadcastConfig, FasterCacheConfig))
-        return torch.device(device).type != "cpu" or one_state
+        if isinstance(cache_config, (PyramidAttentionBroadcastConfig, FasterCacheConfig)):
+            return True
+        return torch.device(device).type != "cpu" and self.attention_takes_masks()
 
     def decode(self, latents: torch.Tensor, height: int, width: int, output_type: str):
         if output_type == "latent":
@@ -601,37 +637,87 @@ class OvisU1PipelineMixin:
         return self._interrupt
 
 
-def split_branches(branches: dict, num_branches: int) -> list[dict]:
+def split_branches(branches: dict, num_branches: int, by_row: bool = False) -> list[list[tuple[slice, dict]]]:
     """
-    The transformer inputs of each guidance branch from inputs stacked along the batch: condition tokens without the
-    left padding every row of the branch has (and no mask when none is left), and no context tokens where the
-    branch's context mask is all 0. Padding and masked-out context tokens change nothing but the time a call takes.
+    The transformer calls of each guidance branch from inputs stacked along the batch, as `(rows, inputs)` pairs:
+    condition tokens without the left padding every row of the branch has (and no mask when none is left), and no
+    context tokens where the branch's context mask is all 0. Padding and masked-out context tokens change nothing but
+    the time a call takes. `by_row` splits a branch whose rows still need a mask into one call per row.
     """
-    per_row = ("encoder_hidden_states", "pooled_projections", "encoder_attention_mask", "context_hidden_states",
-               "context_attention_mask")  # fmt: skip
     split = []
     for chunk in range(num_branches):
         inputs = dict(branches)
-        for name in per_row:
+        for name in _PER_ROW_INPUTS:
             if inputs.get(name) is not None:
                 inputs[name] = inputs[name].chunk(num_branches)[chunk]
-        mask = inputs.get("encoder_attention_mask")
-        if mask is not None:
-            # Conditions are left padded: keep the columns from the first that any row uses.
-            used = mask.bool().any(0)
-            start = int(used.int().argmax()) if used.any() else 0
-            inputs["encoder_hidden_states"] = inputs["encoder_hidden_states"][:, start:]
-            mask = mask[:, start:]
-            inputs["encoder_attention_mask"] = None if mask.bool().all() else mask
-        context_mask = inputs.get("context_attention_mask")
-        if context_mask is not None:
-            if not context_mask.bool().any():
-                for name in ("context_hidden_states", "context_ids", "context_attention_mask"):
-                    inputs.pop(name, None)
-            elif context_mask.bool().all():
-                inputs["context_attention_mask"] = None
-        split.append(inputs)
+        inputs = unpadded(inputs)
+        groups = [(slice(None), inputs)]
+        masked = any(inputs.get(name) is not None for name in ("encoder_attention_mask", "context_attention_mask"))
+        if by_row and masked:
+            rows = inputs["encoder_hidden_states"].shape[0]
+            groups = [(slice(row, row + 1), unpadded(row_inputs(inputs, row))) for row in range(rows)]
+        split.append(groups)
     return split
+
+
+_PER_ROW_INPUTS = ("encoder_hidden_states", "pooled_projections", "encoder_attention_mask", "context_hidden_states",
+                   "context_attention_mask")  # fmt: skip
+
+
+def row_inputs(inputs: dict, row: int) -> dict:
+    return {
+        name: value[row : row + 1] if name in _PER_ROW_INPUTS and value is not None else value
+        for name, value in inputs.items()
+    }
+
+
+def unpadded(inputs: dict) -> dict:
+    """`inputs` without the condition columns that no row uses, and without masks that mask nothing."""
+    inputs = dict(inputs)
+    mask = inputs.get("encoder_attention_mask")
+    if mask is not None:
+        # Conditions are left padded: keep the columns from the first that any row uses.
+        used = mask.bool().any(0)
+        start = int(used.int().argmax()) if used.any() else 0
+        inputs["encoder_hidden_states"] = inputs["encoder_hidden_states"][:, start:]
+        mask = mask[:, start:]
+        inputs["encoder_attention_mask"] = None if mask.bool().all() else mask
+    context_mask = inputs.get("context_attention_mask")
+    if context_mask is not None:
+        if not context_mask.bool().any():
+            for name in ("context_hidden_states", "context_ids", "context_attention_mask"):
+                inputs.pop(name, None)
+        elif context_mask.bool().all():
+            inputs["context_attention_mask"] = None
+    return inputs
+
+
+def without_full_masks(branches: dict, takes_masks: bool = True) -> dict:
+    """The stacked inputs without the key masks that mask nothing: attention takes its unmasked kernels then (on
+    GPUs the flash kernels, which a boolean mask rules out). Masks that are left need a backend that takes them."""
+    inputs = dict(branches)
+    for name in ("encoder_attention_mask", "context_attention_mask"):
+        if inputs.get(name) is not None and inputs[name].bool().all():
+            inputs[name] = None
+    masked = [name for name in ("encoder_attention_mask", "context_attention_mask") if inputs.get(name) is not None]
+    if masked and not takes_masks:
+        raise ValueError(
+            "The guidance branches in one transformer call need key masks (their conditions differ in length), which "
+            "the transformer's attention backend does not take. Let the pipeline call the transformer once per branch "
+            "(`pipe.batch_guidance_branches = None`, and no pyramid attention broadcast or FasterCache), or choose a "
+            "backend with masks, e.g. `transformer.set_attention_backend(\"flash_varlen\")`."
+        )
+    return inputs
+
+
+def attention_backend(model: torch.nn.Module) -> str:
+    """The diffusers attention backend `model` runs on: the one `set_attention_backend` chose, else the active default
+    (the `attention_backend` context manager or `DIFFUSERS_ATTN_BACKEND`)."""
+    for module in model.modules():
+        backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
+        if backend is not None:
+            return AttentionBackendName(backend).value
+    return _AttentionBackendRegistry.get_active_backend()[0].value
 
 
 class ReuseCache:
