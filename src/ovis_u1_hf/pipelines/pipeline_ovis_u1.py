@@ -225,7 +225,10 @@ class OvisU1PipelineMixin:
                 continue
             target = torch.float32 if name == "vae" else dtype
             if getattr(module, "is_quantized", False):
-                module.to(dtype=target)  # diffusers' own refusal to cast a quantized model
+                # A quantized model cannot be cast: diffusers' own error, unless it already computes in `target` (as
+                # `from_pipe` asks without a dtype).
+                if module.dtype != target:
+                    module.to(dtype=target)
             else:
                 # `ModelMixin.to` warns about float32 modules on every dtype cast, even with none listed.
                 torch.nn.Module.to(module, dtype=target)
