@@ -18,16 +18,26 @@ rest repeats; every number of one table comes from one run, so compare ratios, n
 - exact, batched: the guidance branches in one masked transformer call per step (the default on accelerators;
   `pipe.batch_guidance_branches = True`), on a device where the default is one call per branch, and vice versa.
 - cache: exact plus diffusers' first-block cache (`FirstBlockCacheConfig`).
+- TaylorSeer, TaylorSeer lite: exact plus diffusers' TaylorSeer cache (`TaylorSeerCacheConfig()` with its defaults:
+  after 3 computed steps, every 5th computed and the others extrapolated; lite extrapolates the model's output
+  instead of each block's attention).
 - compile: exact with the transformer's repeated blocks compiled (`compile_repeated_blocks`); on CUDA by default,
   on the CPU only with `--compile` (it needs a C++ compiler and minutes).
 - bf16: the pipeline in bfloat16 (the VAE stays float32).
 - bf16 + cache: both.
+- bf16 + int8: the transformer's and the language model's linear weights in int8 (torchao's `Int8WeightOnlyConfig`
+  through diffusers' `PipelineQuantizationConfig`), bfloat16 activations; measured last, alone in memory, and only
+  where torchao is installed.
+- chat, static cache: `generate(cache_implementation="static")`; static cache + compile: its decoding step compiled
+  by `generate` (with `--compile` on the CPU, where transformers does not compile by default).
 
 Peak memory is the resident set (RSS) sampled during the mode on the CPU, `torch.cuda.max_memory_allocated` on a GPU.
 Deviations are max |image - exact image| on [0, 1] pixels; for chat, max |logits - exact logits| of the first token.
 """
 
 import argparse
+import gc
+import importlib.util
 import json
 import sys
 import tempfile
@@ -50,8 +60,8 @@ WIDTH_DIVISORS = {"full": 1, "half": 2, "quarter": 4}
 PROMPT = "a red cat sitting on a blue mat next to an old lamp"
 INSTRUCTION = "make the sky purple and add a small yellow moon"
 # The warm-up runs: other text, the same size and image.
-WARM_UP_PROMPT = "a green bird on a branch"
-WARM_UP_INSTRUCTION = "turn it into a pencil drawing"
+WARM_UP_PROMPTS = ["a green bird on a branch", "a lighthouse on a rocky coast at dusk, painted in oils"]
+WARM_UP_INSTRUCTIONS = ["turn it into a pencil drawing", "remove the background and put the subject on a beach"]
 QUESTION = "What is in the picture? Describe it in detail."
 
 
@@ -85,7 +95,8 @@ def scaled_config(divisor: int) -> dict:
 
 
 def build_pipelines(folder: Path, tiny: bool, width: str, dtype: torch.dtype = torch.float32):
-    """Writes, converts and loads a random checkpoint; returns the text-to-image and edit pipelines in `dtype`."""
+    """Writes, converts and loads a random checkpoint; returns the text-to-image and edit pipelines in `dtype` (the
+    converted pipeline folder is `folder / "out"`)."""
     if tiny:
         config = released_config()
     else:
@@ -105,6 +116,29 @@ def build_pipelines(folder: Path, tiny: bool, width: str, dtype: torch.dtype = t
     text_to_image = OvisU1TextToImagePipeline.from_pretrained(folder / "out", dtype=dtype)
     edit = OvisU1EditPipeline.from_pipe(text_to_image)
     return text_to_image, edit
+
+
+def has_torchao() -> bool:
+    return importlib.util.find_spec("torchao") is not None
+
+
+def weight_only_pipelines(folder: Path, scheme: str, dtype: torch.dtype):
+    """The pipelines of a converted folder with the transformer's and the language model's linear weights quantized by
+    torchao (`scheme` "int8" or "float8"), as a user loads them: diffusers' `PipelineQuantizationConfig`."""
+    from diffusers import PipelineQuantizationConfig
+    from diffusers import TorchAoConfig as DiffusersTorchAoConfig
+    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
+    from transformers import TorchAoConfig as TransformersTorchAoConfig
+
+    weights = {"int8": Int8WeightOnlyConfig, "float8": Float8WeightOnlyConfig}[scheme]()
+    config = PipelineQuantizationConfig(
+        quant_mapping={
+            "transformer": DiffusersTorchAoConfig(weights),
+            "text_encoder": TransformersTorchAoConfig(weights),
+        }
+    )
+    text_to_image = OvisU1TextToImagePipeline.from_pretrained(folder, quantization_config=config, dtype=dtype)
+    return text_to_image, OvisU1EditPipeline.from_pipe(text_to_image, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------- measuring -----------
@@ -235,7 +269,7 @@ def baseline_edit(pipe, image, steps, latents, txt_cfg=6.0, img_cfg=1.5):
 # ---------------------------------------------------------------------------------------------- the modes -----------
 
 
-def chat(pipe, image, max_new_tokens):
+def chat(pipe, image, max_new_tokens, **generate_kwargs):
     """Greedy answer of exactly `max_new_tokens` tokens; returns (first-token logits, first-token time, tokens/s)."""
     model, processor = pipe.text_encoder, pipe.processor
     inputs = processor.encode_chat(
@@ -257,7 +291,7 @@ def chat(pipe, image, max_new_tokens):
     start = time.perf_counter()
     model.generate(
         **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
-        logits_processor=[record],
+        logits_processor=[record], **generate_kwargs,
     )  # fmt: skip
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
     return first[0], stamps[0] - start, rate
@@ -289,16 +323,38 @@ def uncompile(module: torch.nn.Module) -> None:
         sub._compiled_call_impl = None
 
 
-@torch.no_grad()
+def decode_compile_config(device: torch.device):
+    """What `generate` compiles the static-cache decoding step with; on the CPU it compiles only when told to."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=True, dynamic=False)
+    config._compile_all_devices = device.type == "cpu"  # transformers' own switch for CPU compilation (its tests')
+    return config
+
+
+def cache_config(mode: str, threshold: float):
+    from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+    if "TaylorSeer" in mode:
+        return TaylorSeerCacheConfig(use_lite_mode=mode.endswith("lite"))
+    return FirstBlockCacheConfig(threshold=threshold)
+
+
 def run(args) -> list[dict]:
+    # The converted folder stays until the end: the int8 mode loads its quantized pipelines from it.
+    with tempfile.TemporaryDirectory(dir=args.folder) as folder:
+        return run_in(args, Path(folder))
+
+
+@torch.no_grad()
+def run_in(args, folder: Path) -> list[dict]:
     device = torch.device(args.device)
     size = args.size or (64 if args.tiny else 1024)
     steps = args.steps or (2 if args.tiny else 50)
     new_tokens = args.new_tokens or (8 if args.tiny else 64)
     compile_blocks = args.compile if args.compile is not None else device.type == "cuda"
     rows = []
-    with tempfile.TemporaryDirectory(dir=args.folder) as folder:
-        text_to_image, edit = build_pipelines(Path(folder), args.tiny, args.width)
+    text_to_image, edit = build_pipelines(folder, args.tiny, args.width)
     text_to_image.to(device)
     text_to_image.set_progress_bar_config(disable=args.quiet)
 
@@ -309,12 +365,12 @@ def run(args) -> list[dict]:
     edit_grid = edit.token_grid(*edit.edit_size([image], None, None))
     edit_latents = torch.randn(1, edit_grid[0] * edit_grid[1], 16, generator=generator).to(device)
 
-    def t2i(pipe, n=steps):
-        prompt = WARM_UP_PROMPT if n != steps else PROMPT
+    def t2i(pipe, n=steps, warm_up=0):
+        prompt = WARM_UP_PROMPTS[warm_up] if n != steps else PROMPT
         return pipe(prompt, height=size, width=size, num_inference_steps=n, latents=latents, output_type="np").images
 
-    def ed(pipe, n=steps):
-        instruction = WARM_UP_INSTRUCTION if n != steps else INSTRUCTION
+    def ed(pipe, n=steps, warm_up=0):
+        instruction = WARM_UP_INSTRUCTIONS[warm_up] if n != steps else INSTRUCTION
         return pipe(image, instruction, num_inference_steps=n, latents=edit_latents,
                     generator=torch.Generator().manual_seed(0), output_type="np").images  # fmt: skip
 
@@ -324,11 +380,15 @@ def run(args) -> list[dict]:
     }
     reference, seconds = {}, {}
 
-    def measure(task, mode, fn, warm=True, before=None):
+    def measure(task, mode, fn, warm=True, before=None, pipes=None):
         log(f"[{task} / {mode}] warm-up ..." if warm else f"[{task} / {mode}] ...")
         if warm:
             fn(1)
-        for pipe in (text_to_image, edit):
+        if mode == "compile":
+            # A text of another length recompiles once, now with dynamic text lengths (torch.compile's automatic
+            # dynamic shapes); later texts reuse that graph, as in an app's steady state.
+            fn(1, 1)
+        for pipe in pipes or (text_to_image, edit):
             forget_timed_text(pipe)
         if before is not None:
             before()
@@ -344,13 +404,23 @@ def run(args) -> list[dict]:
         rows.append(row)
         log(f"[{task} / {mode}] {secs:.2f} s")
 
+    def measure_pipelines(mode, pipes):
+        for task, (pipeline_fn, _) in tasks.items():
+            pipe = pipes[0] if task == "text-to-image" else pipes[1]
+            measure(task, mode, lambda n=steps, w=0, f=pipeline_fn, p=pipe: f(p, n, w), pipes=pipes)
+
     chat_image = image if args.tiny else image.resize((448, 448))
 
-    def measure_chat(mode):
+    def measure_chat(mode, pipe=None, **generate_kwargs):
         log(f"[chat / {mode}] ...")
+        pipe = pipe or text_to_image
+        # A static cache is sized for the call's length, so its warm-up (which compiles) makes as many tokens.
+        warm_up_tokens = new_tokens if generate_kwargs else 2
         with torch.no_grad():
-            chat(text_to_image, chat_image, 2)  # warm-up
-            (logits, first_token, rate), secs, peak = timed(device, lambda: chat(text_to_image, chat_image, new_tokens))
+            chat(pipe, chat_image, warm_up_tokens, **generate_kwargs)
+            (logits, first_token, rate), secs, peak = timed(
+                device, lambda: chat(pipe, chat_image, new_tokens, **generate_kwargs)
+            )
         if mode == "exact":
             reference["chat"] = logits
         rows.append(dict(task="chat", mode=mode, seconds=secs, tokens_per_s=rate, first_token_s=first_token,
@@ -368,26 +438,52 @@ def run(args) -> list[dict]:
         pipe.batch_guidance_branches = not batched_by_default
         measure(task, "exact, " + ("one call per branch" if batched_by_default else "batched"), run_pipe)
         pipe.batch_guidance_branches = None
+    del pipe, run_pipe, baseline_fn
     measure_chat("exact")
-    modes = ["cache"] + (["compile"] if compile_blocks else []) + ["bf16", "bf16 + cache"]
-    for mode in modes:
-        transformer = text_to_image.transformer
-        if "cache" in mode:
-            from diffusers import FirstBlockCacheConfig
+    measure_chat("static cache", cache_implementation="static")
+    if compile_blocks:
+        measure_chat(
+            "static cache + compile", cache_implementation="static", compile_config=decode_compile_config(device)
+        )
+        torch.compiler.reset()
 
-            transformer.enable_cache(FirstBlockCacheConfig(threshold=args.cache_threshold))
-        elif mode == "compile":
+    transformer = text_to_image.transformer
+    for mode in ["cache", "TaylorSeer", "TaylorSeer lite"] + (["compile"] if compile_blocks else []):
+        if mode == "compile":
             transformer.compile_repeated_blocks()
-        if mode.startswith("bf16") and transformer.dtype != torch.bfloat16:
-            text_to_image.to(torch.bfloat16)
-        for task, (pipeline_fn, _) in tasks.items():
-            pipe = text_to_image if task == "text-to-image" else edit
-            measure(task, mode, lambda n=steps, f=pipeline_fn, p=pipe: f(p, n))
+        else:
+            transformer.enable_cache(cache_config(mode, args.cache_threshold))
+        measure_pipelines(mode, (text_to_image, edit))
+        if mode == "compile":
+            uncompile(transformer)
+        else:
+            transformer.disable_cache()
+
+    text_to_image.to(torch.bfloat16)
+    for mode in ["bf16", "bf16 + cache"]:
+        if "cache" in mode:
+            transformer.enable_cache(cache_config(mode, args.cache_threshold))
+        measure_pipelines(mode, (text_to_image, edit))
         if "cache" in mode:
             transformer.disable_cache()
-        elif mode == "compile":
-            uncompile(transformer)
     measure_chat("bf16")
+
+    if has_torchao():
+        # Last, with the other pipelines freed, so that the resident memory shows the quantized weights. bfloat16
+        # activations: the combination transformers' torchao integration supports.
+        del text_to_image, edit, transformer
+        tasks = {task: (pipeline_fn, None) for task, (pipeline_fn, _) in tasks.items()}
+        torch.compiler.reset()  # compiled code holds the blocks it was compiled for
+        gc.collect()
+        if device.type == "cpu":
+            log(f"resident memory with the other pipelines freed: {PeakMemory.rss() / 2**20:.0f} MiB")
+        quantized = weight_only_pipelines(folder / "out", "int8", torch.bfloat16)
+        quantized[0].to(device)
+        quantized[0].set_progress_bar_config(disable=args.quiet)
+        measure_pipelines("bf16 + int8", quantized)
+        measure_chat("bf16 + int8", quantized[0])
+    else:
+        log("bf16 + int8: skipped (torchao is not installed)")
 
     for row in rows:
         base = seconds.get((row["task"], "baseline")) or seconds.get((row["task"], "exact"))

@@ -3,12 +3,15 @@ Headline numbers on one H100/H200 (run through `benchmarks/gpu.sh`), random weig
 
 - seconds per 1024x1024 text-to-image image, 50 steps, CFG 5, bfloat16: eager, regionally compiled
   (`compile_repeated_blocks`), and with diffusers' first-block cache;
-- peak GPU memory of one image: the pipeline on the GPU, with model CPU offload, with group offload (leaf level);
+- peak GPU memory of one image: the pipeline on the GPU, with model CPU offload, with group offload (leaf level),
+  and with the transformer's and the language model's linear weights in int8 / float8 (torchao weight-only, loaded
+  through diffusers' `PipelineQuantizationConfig`; where torchao is installed, float8 on CUDA only);
 - chat tokens/s (greedy) and time to the first token;
 - the fraction of the GPU's dense bfloat16 peak that the denoising loop reaches: FLOPs of one transformer call counted
   with `torch.utils.flop_counter`, times the steps, over the loop's time.
 
-`--device cpu --tiny` runs every part at the tiny sizes (offload rows are skipped on the CPU: nothing to offload to).
+`--device cpu --tiny` runs every part at the tiny sizes (offload rows are skipped on the CPU: nothing to offload to;
+float8 needs a GPU).
 """
 
 import argparse
@@ -22,7 +25,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_end_to_end import PROMPT, PeakMemory, build_pipelines, chat, log  # noqa: E402
+from bench_end_to_end import (  # noqa: E402
+    PROMPT,
+    PeakMemory,
+    build_pipelines,
+    chat,
+    has_torchao,
+    log,
+    weight_only_pipelines,
+)
 
 
 # Dense bfloat16 tensor-core peaks (NVIDIA data sheets, SXM parts, without sparsity), in FLOP/s.
@@ -92,25 +103,45 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--folder", default=None, help="where the temporary checkpoint goes")
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.folder) as folder:
+        return measure(args, Path(folder))
+
+
+def measure(args, folder: Path) -> dict:
     device = torch.device(args.device)
     size = args.size or (64 if args.tiny else 1024)
     steps = args.steps or (2 if args.tiny else 50)
     new_tokens = args.new_tokens or (8 if args.tiny else 128)
     results = {}
 
-    with tempfile.TemporaryDirectory(dir=args.folder) as folder:
-        pipe, _ = build_pipelines(Path(folder), args.tiny, args.width, dtype=torch.bfloat16)
+    pipe, _ = build_pipelines(folder, args.tiny, args.width, dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
 
-    def image(n=steps):
+    def image(n=steps, pipe=pipe):
         return pipe(PROMPT, height=size, width=size, num_inference_steps=n, guidance_scale=5.0,
                     generator=generator, output_type="pil")  # fmt: skip
 
-    def peak_memory(n=2):
+    def peak_memory(n=2, pipe=pipe):
         with PeakMemory(device) as memory:
-            image(n)
+            image(n, pipe)
         return memory.peak
+
+    # Weight-only quantized pipelines, each alone on the device.
+    schemes = ["int8"] + (["float8"] if device.type == "cuda" else [])
+    for scheme in schemes:
+        key = f"peak memory, {scheme} weights (GiB)"
+        if not has_torchao():
+            results[key] = None
+            continue
+        log(f"memory: {scheme} weights ...")
+        quantized, _ = weight_only_pipelines(folder / "out", scheme, torch.bfloat16)
+        quantized.set_progress_bar_config(disable=True)
+        quantized.to(device)
+        results[key] = peak_memory(pipe=quantized) / 2**30
+        del quantized
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # Memory first, while the weights can still move: the offloading modes place the weights themselves.
     if device.type == "cuda":
