@@ -114,7 +114,7 @@ def build_pipelines(folder: Path, tiny: bool, width: str, dtype: torch.dtype = t
     convert(folder / "out", folder / "released", dtype="keep", verify=False)
     log("loading ...")
     text_to_image = OvisU1TextToImagePipeline.from_pretrained(folder / "out", dtype=dtype)
-    edit = OvisU1EditPipeline.from_pipe(text_to_image)
+    edit = OvisU1EditPipeline.from_pipe(text_to_image, dtype=dtype)  # without a dtype, from_pipe casts to float32
     return text_to_image, edit
 
 

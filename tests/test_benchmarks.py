@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -73,3 +74,11 @@ def test_gpu_script_runs_on_the_cpu(tmp_path):
     assert results["denoising TFLOP / image"] > 0 and results["chat tokens/s"] > 0
     # With a peak of 1 TFLOP/s the fraction is the achieved TFLOP/s itself.
     assert results["fraction of bf16 peak (eager)"] == pytest.approx(results["denoising TFLOP/s (eager)"])
+
+
+def test_pipelines_are_built_in_the_asked_dtype(tmp_path):
+    # The GPU script's bf16 numbers rest on it (`from_pipe` alone would cast the shared models to float32).
+    text_to_image, edit = load("bench_end_to_end").build_pipelines(tmp_path, True, "quarter", dtype=torch.bfloat16)
+    for pipe in (text_to_image, edit):
+        assert pipe.transformer.dtype == pipe.text_encoder.dtype == torch.bfloat16
+        assert pipe.vae.dtype == torch.float32
