@@ -32,3 +32,12 @@ def no_deprecated_library_use():
     for logger in loggers:
         logger.removeHandler(handler)
     assert not handler.messages, "deprecated library API used:\n" + "\n".join(handler.messages)
+
+
+@pytest.fixture
+def keep_active_attention_backend(monkeypatch):
+    """diffusers' `set_attention_backend` also makes its backend the process-wide default, which
+    `reset_attention_backend` keeps: the test's choice is undone after it."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend)

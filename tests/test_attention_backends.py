@@ -17,6 +17,8 @@ from pipeline_calls import EDIT, T2I, edit_image
 from tiny_pipelines import tiny_edit_pipeline, tiny_text_to_image_pipeline
 
 
+pytestmark = pytest.mark.usefixtures("keep_active_attention_backend")
+
 PROMPTS = ["a red cat", "a very small green frog sitting on a large wet stone"]
 INSTRUCTIONS = ["make it blue", "turn the whole picture into a watercolour painting"]
 
@@ -27,12 +29,6 @@ def generate(pipe, **kwargs):
         kwargs = {**EDIT, "image": [edit_image()] * 2, "prompt": INSTRUCTIONS, **kwargs}
         return pipe(generator=generator, **kwargs).images
     return pipe(generator=generator, **{**T2I, "prompt": PROMPTS, **kwargs}).images
-
-
-@pytest.fixture(autouse=True)
-def keep_the_active_backend(monkeypatch):
-    # `set_attention_backend` also makes its backend the process-wide default, which `reset_attention_backend` keeps.
-    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend)
 
 
 @pytest.fixture

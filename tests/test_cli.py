@@ -227,14 +227,11 @@ def test_app_without_gradio_names_the_extra(monkeypatch, capsys):
     assert capsys.readouterr().err.startswith('ovis-u1 app: error: The Ovis-U1 app needs Gradio: pip install "ovis-u1-hf[demo]"')
 
 
-def test_attn_chooses_the_kernels_of_the_language_model_and_the_transformer(folder, monkeypatch):
-    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
-
+@pytest.mark.usefixtures("keep_active_attention_backend")
+def test_attn_chooses_the_kernels_of_the_language_model_and_the_transformer(folder):
     from ovis_u1_hf import cli
     from ovis_u1_hf.pipelines.pipeline_ovis_u1 import attention_backend
 
-    # `set_attention_backend` also sets the process-wide default: keep this test's choice to itself.
-    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend)
     args = SimpleNamespace(attn="eager", offload=False)
     pipe = cli.load_pipeline(args, OvisU1TextToImagePipeline, torch.device("cpu"), torch.float32, folder)
     assert pipe.text_encoder.config._attn_implementation == "eager"

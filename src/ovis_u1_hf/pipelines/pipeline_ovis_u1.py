@@ -449,9 +449,15 @@ class OvisU1PipelineMixin:
             scale = None  # the transformer weighs its LoRA layers itself
         elif attention_kwargs:
             raise ValueError(f"The transformer takes no attention kwargs besides `scale`, got {sorted(attention_kwargs)}.")
+
+        def calls(branches: dict) -> tuple[dict, list | None]:
+            """The inputs of the one batched call, or of each branch's calls."""
+            if batched:
+                return without_full_masks(branches, takes_masks), None
+            return branches, split_branches(branches, num_branches, by_row=not takes_masks)
+
         with self.progress_bar(total=len(timesteps)) as progress_bar, scaled_lora(self.transformer, scale):
-            branches = without_full_masks(branches, takes_masks) if batched else branches
-            per_branch = None if batched else split_branches(branches, num_branches, by_row=not takes_masks)
+            branches, per_branch = calls(branches)
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -498,12 +504,12 @@ class OvisU1PipelineMixin:
                         prompt_embeds, prompt_embeds_mask = new_embeds, new_mask
                         refine_scale = (self.attention_kwargs or {}).get("scale") if scale is None else None
                         tokens, pooled, mask = self.refine(prompt_embeds, prompt_embeds_mask, refine_scale)
-                        branches = {
-                            **branches, "encoder_hidden_states": tokens, "pooled_projections": pooled,
-                            "encoder_attention_mask": mask,
-                        }
-                        branches = without_full_masks(branches, takes_masks) if batched else branches
-                        per_branch = None if batched else split_branches(branches, num_branches, by_row=not takes_masks)
+                        branches, per_branch = calls(
+                            {
+                                **branches, "encoder_hidden_states": tokens, "pooled_projections": pooled,
+                                "encoder_attention_mask": mask,
+                            }
+                        )
                 progress_bar.update()
         self._current_timestep = None
         return latents
@@ -655,7 +661,7 @@ def split_branches(branches: dict, num_branches: int, by_row: bool = False) -> l
                 inputs[name] = inputs[name].chunk(num_branches)[chunk]
         inputs = unpadded(inputs)
         groups = [(slice(None), inputs)]
-        masked = any(inputs.get(name) is not None for name in ("encoder_attention_mask", "context_attention_mask"))
+        masked = any(inputs.get(name) is not None for name in _MASK_INPUTS)
         if by_row and masked:
             rows = inputs["encoder_hidden_states"].shape[0]
             groups = [(slice(row, row + 1), unpadded(row_inputs(inputs, row))) for row in range(rows)]
@@ -663,6 +669,7 @@ def split_branches(branches: dict, num_branches: int, by_row: bool = False) -> l
     return split
 
 
+_MASK_INPUTS = ("encoder_attention_mask", "context_attention_mask")
 _PER_ROW_INPUTS = ("encoder_hidden_states", "pooled_projections", "encoder_attention_mask", "context_hidden_states",
                    "context_attention_mask")  # fmt: skip
 
@@ -699,11 +706,10 @@ def without_full_masks(branches: dict, takes_masks: bool = True) -> dict:
     """The stacked inputs without the key masks that mask nothing: attention takes its unmasked kernels then (on
     GPUs the flash kernels, which a boolean mask rules out). Masks that are left need a backend that takes them."""
     inputs = dict(branches)
-    for name in ("encoder_attention_mask", "context_attention_mask"):
+    for name in _MASK_INPUTS:
         if inputs.get(name) is not None and inputs[name].bool().all():
             inputs[name] = None
-    masked = [name for name in ("encoder_attention_mask", "context_attention_mask") if inputs.get(name) is not None]
-    if masked and not takes_masks:
+    if not takes_masks and any(inputs.get(name) is not None for name in _MASK_INPUTS):
         raise ValueError(
             "The guidance branches in one transformer call need key masks (their conditions differ in length), which "
             "the transformer's attention backend does not take. Let the pipeline call the transformer once per branch "
