@@ -391,6 +391,32 @@ def in_default_layout(image, input_data_format: str | ChannelDimension | None):
     return image
 
 
+def patchify(
+    pixels: torch.Tensor, patch_size: int, hidden_stride: int, temporal_patch_size: int
+) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """The patches `(grid_h * grid_w, channels * temporal_patch_size * patch_size**2)` of one image `(channels,
+    height, width)` and its `(t, grid_h, grid_w)`: each `hidden_stride` x `hidden_stride` group of patches consecutive,
+    the groups in raster order (the order of the released processor)."""
+    channels, height, width = pixels.shape
+    grid_h, grid_w = height // patch_size, width // patch_size
+    frames = pixels.expand(temporal_patch_size, channels, height, width)
+    patches = frames.reshape(
+        1,
+        temporal_patch_size,
+        channels,
+        grid_h // hidden_stride,
+        hidden_stride,
+        patch_size,
+        grid_w // hidden_stride,
+        hidden_stride,
+        patch_size,
+    )
+    # (t, gh/s, gw/s, s, s, C, tp, p, p)
+    patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    patches = patches.reshape(grid_h * grid_w, channels * temporal_patch_size * patch_size * patch_size)
+    return patches, (1, grid_h, grid_w)
+
+
 class OvisU1ImageProcessor(BaseImageProcessor):
     r"""
     Constructs an Ovis-U1 image processor. Each image is processed alone at (about) its native resolution: EXIF
@@ -562,10 +588,13 @@ class OvisU1ImageProcessor(BaseImageProcessor):
                     f"Expected a 3-channel image, got mode {image.mode}; use `do_convert_rgb=True` to convert it."
                 )
             pixels = rescale_and_normalize(pixels, **self._value_settings(settings)).transpose(2, 0, 1)
-            patches, grid_thw = self._patchify(
-                pixels, settings["patch_size"], settings["hidden_stride"], settings["temporal_patch_size"]
+            patches, grid_thw = patchify(
+                torch.from_numpy(pixels),
+                settings["patch_size"],
+                settings["hidden_stride"],
+                settings["temporal_patch_size"],
             )
-            all_patches.append(patches)
+            all_patches.append(patches.numpy())
             image_grid_thw.append(grid_thw)
 
         data = {"pixel_values": np.concatenate(all_patches), "image_grid_thw": np.array(image_grid_thw, dtype=np.int64)}
@@ -605,29 +634,6 @@ class OvisU1ImageProcessor(BaseImageProcessor):
                 f"got {width}x{height}."
             )
         return height, width
-
-    @staticmethod
-    def _patchify(
-        pixels: np.ndarray, patch_size: int, hidden_stride: int, temporal_patch_size: int
-    ) -> tuple[np.ndarray, tuple[int, int, int]]:
-        channels, height, width = pixels.shape
-        grid_h, grid_w = height // patch_size, width // patch_size
-        frames = np.broadcast_to(pixels, (temporal_patch_size, channels, height, width))
-        patches = frames.reshape(
-            1,
-            temporal_patch_size,
-            channels,
-            grid_h // hidden_stride,
-            hidden_stride,
-            patch_size,
-            grid_w // hidden_stride,
-            hidden_stride,
-            patch_size,
-        )
-        # (t, gh/s, gw/s, s, s, C, tp, p, p): each s x s group of patches is consecutive, groups in raster order.
-        patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-        patches = patches.reshape(grid_h * grid_w, channels * temporal_patch_size * patch_size * patch_size)
-        return patches, (1, grid_h, grid_w)
 
 
 class OvisU1ImageProcessorFast(OvisU1ImageProcessor):
@@ -712,7 +718,7 @@ class OvisU1ImageProcessorFast(OvisU1ImageProcessor):
             pixels = pillow_resize(pixels, height, width, resample)
             channels = torch.arange(3, device=pixels.device)[:, None, None]
             values = table.to(pixels.device)[channels, pixels.long()]
-            patches, grid_thw = self._patchify_tensor(
+            patches, grid_thw = patchify(
                 values, settings["patch_size"], settings["hidden_stride"], settings["temporal_patch_size"]
             )
             all_patches.append(patches)
@@ -744,29 +750,6 @@ class OvisU1ImageProcessorFast(OvisU1ImageProcessor):
         elif do_convert_rgb and pixels.shape[0] == 4:
             pixels = pixels[:3]  # as Pillow converts RGBA to RGB: the alpha is dropped
         return pixels
-
-    @staticmethod
-    def _patchify_tensor(
-        pixels: torch.Tensor, patch_size: int, hidden_stride: int, temporal_patch_size: int
-    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        channels, height, width = pixels.shape
-        grid_h, grid_w = height // patch_size, width // patch_size
-        frames = pixels.expand(temporal_patch_size, channels, height, width)
-        patches = frames.reshape(
-            1,
-            temporal_patch_size,
-            channels,
-            grid_h // hidden_stride,
-            hidden_stride,
-            patch_size,
-            grid_w // hidden_stride,
-            hidden_stride,
-            patch_size,
-        )
-        # (t, gh/s, gw/s, s, s, C, tp, p, p): the order of OvisU1ImageProcessor.
-        patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-        patches = patches.reshape(grid_h * grid_w, channels * temporal_patch_size * patch_size * patch_size)
-        return patches, (1, grid_h, grid_w)
 
 
 # The image processor of each transformers backend name: `AutoImageProcessor.from_pretrained(..., backend=...)`.
