@@ -413,7 +413,7 @@ def run_in(args, folder: Path) -> list[dict]:
 
     def measure_chat(mode, pipe=None, **generate_kwargs):
         log(f"[chat / {mode}] ...")
-        pipe = pipe or text_to_image
+        pipe = text_to_image if pipe is None else pipe
         # A static cache is sized for the call's length, so its warm-up (which compiles) makes as many tokens.
         warm_up_tokens = new_tokens if generate_kwargs else 2
         with torch.no_grad():

@@ -302,6 +302,17 @@ def set_number(tab, label: str, value) -> None:
                 raise
 
 
+def fill_edit_tab(page, image_path, instruction: str, steps: int, seed: int):
+    """Opens the Edit tab and fills in the image, the instruction, the steps and the seed; returns the tab."""
+    page.get_by_role("tab", name="Edit").click()
+    tab = page.locator("#edit-tab")
+    page.locator("#edit-image input[type=file]").set_input_files(str(image_path))
+    page.locator("#edit-instruction textarea").fill(instruction)
+    set_number(tab, "number input for Steps", steps)
+    set_number(tab, "Seed", seed)
+    return tab
+
+
 def shown_image(page, image) -> Image.Image:
     """The image file an <img> of the page shows, as the browser fetches it."""
     source = image.get_attribute("src")
@@ -357,12 +368,7 @@ def test_browser_edit_shows_the_pipeline_edit(page, pipe, tmp_path):
     an_image(4, 40, 56).save(image_path)
     expected = pipeline_edit(pipe, Image.open(image_path), "make it blue", 2, 5)
 
-    page.get_by_role("tab", name="Edit").click()
-    tab = page.locator("#edit-tab")
-    page.locator("#edit-image input[type=file]").set_input_files(str(image_path))
-    page.locator("#edit-instruction textarea").fill("make it blue")
-    set_number(tab, "number input for Steps", 2)
-    set_number(tab, "Seed", 5)
+    fill_edit_tab(page, image_path, "make it blue", steps=2, seed=5)
     page.locator("#edit-run").click()
 
     output = page.locator("#edit-output img")
@@ -380,12 +386,7 @@ def test_browser_edit_makes_the_chosen_size(page, pipe, tmp_path):
     expected = pipeline_edit(pipe, Image.open(image_path), "make it blue", 2, 5, height=48, width=80)
 
     page.reload()  # the size fields at their defaults
-    page.get_by_role("tab", name="Edit").click()
-    tab = page.locator("#edit-tab")
-    page.locator("#edit-image input[type=file]").set_input_files(str(image_path))
-    page.locator("#edit-instruction textarea").fill("make it blue")
-    set_number(tab, "number input for Steps", 2)
-    set_number(tab, "Seed", 5)
+    tab = fill_edit_tab(page, image_path, "make it blue", steps=2, seed=5)
     set_number(tab, "Height", 48)
     page.locator("#edit-run").click()
     expect(page.get_by_text("Give both Height and Width, or leave both at 0")).to_be_visible()
