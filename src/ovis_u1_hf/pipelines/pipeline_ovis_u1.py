@@ -532,6 +532,17 @@ class OvisU1PipelineMixin:
             return True
         return torch.device(device).type != "cpu" and self.attention_takes_masks()
 
+    def image_posterior(self, image: PIL.Image.Image, device: torch.device) -> torch.Tensor:
+        """The parameters (mean and log-variance) of the VAE posterior of an image whose sides are multiples of 16."""
+        # Images already at the output size: no resizing, only `x / 127.5 - 1` in [-1, 1].
+        pixels = self.image_processor.preprocess([image], height=image.height, width=image.width)
+        return self.vae.encode(pixels.to(device=device, dtype=self.vae.dtype)).latent_dist.parameters
+
+    def pack_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE latents `(B, C, 2h, 2w)` shifted, scaled and packed into the transformer's tokens (`decode` undoes it)."""
+        shift = self.vae.config.shift_factor or 0.0
+        return self.pack_latents((latents - shift) * self.vae.config.scaling_factor)
+
     def decode(self, latents: torch.Tensor, height: int, width: int, output_type: str):
         if output_type == "latent":
             return latents

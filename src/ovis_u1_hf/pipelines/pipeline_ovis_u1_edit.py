@@ -120,12 +120,6 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoade
             raise ValueError(f"The images give different output sizes {sorted(sizes)}: pass `height` and `width`.")
         return sizes.pop()
 
-    def image_posterior(self, image: PIL.Image.Image, device: torch.device) -> torch.Tensor:
-        """The parameters (mean and log-variance) of the VAE posterior of an image whose sides are multiples of 16."""
-        # Images already at the output size: no resizing, only `x / 127.5 - 1` in [-1, 1].
-        pixels = self.image_processor.preprocess([image], height=image.height, width=image.width)
-        return self.vae.encode(pixels.to(device=device, dtype=self.vae.dtype)).latent_dist.parameters
-
     def encode_image(self, images: list[PIL.Image.Image], generator, device: torch.device) -> torch.Tensor:
         """Packed, scaled VAE latents sampled (with `generator`) from the posterior of each image (of one size, in
         multiples of 16). Each distinct image is encoded once, alone, and its posterior kept in `context_cache`."""
@@ -139,8 +133,7 @@ class OvisU1EditPipeline(OvisU1PipelineMixin, DiffusionPipeline, OvisU1LoraLoade
             latents = torch.cat([sample_posterior(p.to(device), g) for p, g in zip(posteriors, generator)])
         else:
             latents = sample_posterior(torch.cat(posteriors).to(device), generator)
-        shift = self.vae.config.shift_factor or 0.0
-        return self.pack_latents((latents - shift) * self.vae.config.scaling_factor)
+        return self.pack_vae_latents(latents)
 
     def check_inputs(
         self, image, prompt, negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None, masks=(None, None),

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import PIL.Image
 import torch
 from accelerate import Accelerator
@@ -307,14 +306,9 @@ def load_rgb(path: Path, line: str) -> PIL.Image.Image:
 @torch.no_grad()
 def latent_distributions(pipe, images: list[PIL.Image.Image]) -> torch.Tensor:
     """The VAE posterior parameters `(batch, 2 * latent_channels, h, w)` (mean, log-variance) of images of one size,
-    from pixels in [-1, 1] as the edit pipeline encodes its input. One image at a time: the VAE's activations at a
-    megapixel take gigabytes each."""
-    parameters = []
-    for image in images:
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-        pixels = pixels.to(device=pipe.vae.device, dtype=pipe.vae.dtype)
-        parameters.append(pipe.vae.encode(pixels).latent_dist.parameters.float().cpu())
-    return torch.cat(parameters)
+    encoded as the edit pipeline encodes its input (`image_posterior`). One image at a time: the VAE's activations at
+    a megapixel take gigabytes each."""
+    return torch.cat([pipe.image_posterior(image, pipe.vae.device).float().cpu() for image in images])
 
 
 def scaled_latents(pipe, parameters: torch.Tensor, sampling: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -322,8 +316,7 @@ def scaled_latents(pipe, parameters: torch.Tensor, sampling: str, generator: tor
     `generator` on the CPU) or the mode, shifted and scaled as the pipelines' decoding inverts."""
     distribution = DiagonalGaussianDistribution(parameters.float())
     latents = distribution.sample(generator) if sampling == "sample" else distribution.mode()
-    shift = pipe.vae.config.shift_factor or 0.0
-    return pipe.pack_latents((latents - shift) * pipe.vae.config.scaling_factor)
+    return pipe.pack_vae_latents(latents)
 
 
 @dataclass
